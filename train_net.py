@@ -1,0 +1,61 @@
+"""Train or evaluate uniovseg with detectron2's trainer.
+
+Examples:
+    python train_net.py --config-file configs/tiny/stage1_tiny.yaml
+    python train_net.py --config-file CONFIG --resume                     # continue a killed run
+    python train_net.py --config-file CONFIG --num-gpus 8                 # one machine, 8 GPUs
+    python train_net.py --config-file CONFIG --num-gpus 2 --num-machines 2 --machine-rank 0 \
+        --dist-url tcp://HOST:PORT                                        # multi-machine
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model_final.pth
+On a CPU-only machine `--num-gpus N` starts N processes that talk over gloo.
+"""
+
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+import uniovseg.data.datasets  # noqa: F401  (registers datasets, lazily)
+import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
+from uniovseg.config import add_uniovseg_config
+from uniovseg.engine.trainer import Trainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_uniovseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uniovseg")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    logging.getLogger("uniovseg").info("Command line arguments: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

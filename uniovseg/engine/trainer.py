@@ -1,0 +1,112 @@
+"""detectron2 trainer for uniovseg: our mappers, evaluators, optimizer and DDP settings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from uniovseg.engine.optimizer import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+def build_train_mapper(cfg):
+    """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name == "sa1b":
+        from uniovseg.data.sa1b_mapper import SA1BDatasetMapper
+
+        return SA1BDatasetMapper(cfg, is_train=True)
+    raise ValueError(f"INPUT.DATASET_MAPPER_NAME={name!r} is not one of: 'sa1b'")
+
+
+def build_test_mapper(cfg, dataset_name: str):
+    """The test mapper for a dataset, chosen by its evaluator type."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "promptable":
+        from uniovseg.data.promptable_eval_mapper import PromptableEvalMapper
+
+        return PromptableEvalMapper(cfg)
+    return None  # detectron2's DatasetMapper with the test-time resize
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+    """Evaluators by the dataset's ``evaluator_type``: sem_seg (mIoU), coco_panoptic_seg (PQ),
+    promptable (1-point / 1-box IoU)."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    evaluators = []
+    if evaluator_type == "sem_seg":
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+    elif evaluator_type == "coco_panoptic_seg":
+        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+    elif evaluator_type == "promptable":
+        from uniovseg.evaluation.promptable_evaluator import PromptableEvaluator
+
+        evaluators.append(PromptableEvaluator(dataset_name))
+    if not evaluators:
+        raise ValueError(
+            f"dataset {dataset_name!r} has evaluator_type={evaluator_type!r}; supported: "
+            "'sem_seg', 'coco_panoptic_seg', 'promptable'"
+        )
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with uniovseg's data, optimizer and evaluators.
+
+    ``__init__`` follows DefaultTrainer's but (1) falls back from AMP to fp32 on machines without
+    CUDA (detectron2's AMPTrainer requires CUDA) and (2) lets DDP find unused parameters, since a
+    batch may hold only point prompts (then the box-token heads get no gradient).
+    """
+
+    def __init__(self, cfg):  # noqa: D107 - documented on the class
+        super(DefaultTrainer, self).__init__()
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS,
+        )
+        use_amp = cfg.SOLVER.AMP.ENABLED
+        if use_amp and not torch.cuda.is_available():
+            warnings.warn("SOLVER.AMP.ENABLED is ignored without CUDA: training in float32", stacklevel=2)
+            use_amp = False
+        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg, dataset_name))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
