@@ -1,0 +1,4 @@
+"""Model components. Importing this package registers the backbone and the meta-architecture
+with detectron2's registries (by name, as configs refer to them)."""
+
+from uniovseg.modeling import clip_backbone  # noqa: F401  (registers CLIPConvNeXtBackbone)
