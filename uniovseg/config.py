@@ -16,7 +16,11 @@ CLIP_PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
 def add_uniovseg_config(cfg: CN) -> None:
     """Adds every uniovseg key, with its default, to ``cfg`` in place."""
     cfg.MODEL.UNIOVSEG = CN()
+    _add_solver_config(cfg)
     _add_clip_config(cfg)
+    _add_stage1_training_config(cfg)
+    _add_stage1_model_config(cfg)
+    _add_inference_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
     # --- mask decoder, data, alignment); keep one function per section.
 
@@ -27,8 +31,188 @@ def _add_clip_config(cfg: CN) -> None:
     # open_clip model name, e.g. "convnext_large_d_320" (the paper's) or a packaged tiny config
     # such as "uniovseg_tiny_convnext" (see uniovseg/model_zoo/open_clip_configs/).
     cfg.MODEL.UNIOVSEG.CLIP.MODEL_NAME = "convnext_large_d_320"
-    # open_clip pretrained tag (e.g. "laion2b_s29b_b131k_ft_soup", needs the hub) or a local
-    # weights file (.bin / .safetensors / .pt). Empty string: random weights (tests, benchmarks).
+    # open_clip pretrained tag (e.g. "laion2b_s29b_b131k_ft_soup", needs the hub or its cache) or
+    # a local weights file (.safetensors, or .bin / .pt / .pth read with weights_only=True; a
+    # {"state_dict": ...} wrapper and "module." prefixes are accepted). Empty string: random
+    # weights (tests, benchmarks; MODEL.WEIGHTS may still overwrite them with a full checkpoint).
     cfg.MODEL.UNIOVSEG.CLIP.PRETRAINED = "laion2b_s29b_b131k_ft_soup"
     # Texts are encoded this many at a time to bound memory (A-847 x 14 templates > 11k prompts).
     cfg.MODEL.UNIOVSEG.CLIP.TEXT_CHUNK_SIZE = 256
+
+
+def _add_solver_config(cfg: CN) -> None:
+    """Optimizer and schedule (release values; see uniovseg/engine/optimizer.py)."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # the only optimizer the release uses
+    cfg.SOLVER.BASE_LR = 1e-4
+    cfg.SOLVER.WEIGHT_DECAY = 0.05
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0  # no decay on normalisation layers
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # no decay on learned embeddings (prompt/level tokens)
+    # lr multiplier of trainable parameters under `backbone.` (the CLIP itself is frozen).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Clip the global gradient norm of the whole model ("full_model"), as Mask2Former does.
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+
+
+def _add_stage1_training_config(cfg: CN) -> None:
+    """Stage-1 training from image-mask pairs: the SA-1B mapper, the matcher and the losses.
+
+    Defaults are the authors' release values (their config; the paper gives fewer details).
+    """
+    if "UNIOVSEG" not in cfg.INPUT:
+        cfg.INPUT.UNIOVSEG = CN()
+    c = cfg.INPUT.UNIOVSEG
+    # Side of the square training input after large-scale jitter + crop/pad (release: 1024).
+    c.CROP_SIZE = 1024
+    # Scale jitter: the image is resized to fit in [MIN_SCALE, MAX_SCALE] x CROP_SIZE.
+    c.MIN_SCALE = 0.8
+    c.MAX_SCALE = 1.2
+    # SSD colour jitter (brightness, contrast, saturation, hue); photometric only.
+    c.COLOR_AUG_SSD = True
+    # Keep SA-1B masks whose area / image area lies in this closed range [min, max].
+    c.MASK_AREA_RANGE = [0.0001, 0.8]
+    # At most this many masks per image (random subset); 0 = no cap.
+    c.MAX_MASKS_PER_IMAGE = 40
+    # Training point prompts: a POINT_GRID_SIZE x POINT_GRID_SIZE grid over the valid region.
+    c.POINT_GRID_SIZE = 10
+    # Value (0-255) of padded pixels; 128 as detectron2's FixedSizeCrop (the release's recipe).
+    c.PAD_VALUE = 128.0
+    # True: skip images with no mask left after filtering/cropping (the loader picks another);
+    # False: keep them with zero masks (they then give zero loss).
+    c.SKIP_IMAGES_WITHOUT_MASKS = True
+    # Base seed of the mapper's augmentation RNG (per rank/worker); -1 = from the global RNG,
+    # which detectron2 reseeds per worker (normal training).
+    c.MAPPER_SEED = -1
+    # The horizontal flip is controlled by detectron2's INPUT.RANDOM_FLIP ("horizontal"/"none").
+
+    if "MATCHER" not in cfg.MODEL.UNIOVSEG:
+        cfg.MODEL.UNIOVSEG.MATCHER = CN()
+    m = cfg.MODEL.UNIOVSEG.MATCHER
+    # Uniformly random points per image on which the matching cost is computed (release: 6000).
+    m.NUM_POINTS = 6000
+    # Weights of the sigmoid-BCE and dice terms of the matching cost (= the loss weights).
+    m.COST_BCE = 2.0
+    m.COST_DICE = 1.0
+    # True: match the final and every auxiliary decoder layer separately (Mask2Former);
+    # False: match once with the final layer and reuse the pairs for the auxiliary layers.
+    m.PER_LAYER = True
+
+    if "LOSS" not in cfg.MODEL.UNIOVSEG:
+        cfg.MODEL.UNIOVSEG.LOSS = CN()
+    w = cfg.MODEL.UNIOVSEG.LOSS
+    # Loss weights of the mask BCE, mask dice and IoU-head (MSE) terms (release: 2, 1, 1).
+    w.MASK_BCE_WEIGHT = 2.0
+    w.MASK_DICE_WEIGHT = 1.0
+    w.IOU_WEIGHT = 1.0
+    # Importance-sampled points per matched mask for BCE/dice (release: 12544 = 112 x 112).
+    w.NUM_POINTS = 12544
+    # Candidate points = OVERSAMPLE_RATIO x NUM_POINTS; IMPORTANCE_SAMPLE_RATIO of NUM_POINTS are
+    # the most uncertain candidates, the rest uniformly random (Mask2Former / PointRend).
+    w.OVERSAMPLE_RATIO = 3.0
+    w.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Apply the same losses to every auxiliary decoder layer (deep supervision).
+    w.DEEP_SUPERVISION = True
+
+
+def _add_stage1_model_config(cfg: CN) -> None:
+    """Stage-1 network: pixel decoder, prompt encoder, mask decoder (the "predictor").
+
+    Defaults reproduce the authors' release, so that their stage1.pth loads strictly (see
+    tools/convert_official_checkpoint.py); the paper's variants are noted per key.
+    """
+    pd = cfg.MODEL.UNIOVSEG.PIXEL_DECODER = CN()
+    # Backbone outputs the pixel decoder reads (ConvNeXt stages, strides 4, 8, 16, 32).
+    pd.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Outputs refined by the deformable-attention encoder; also the mask decoder's levels.
+    pd.TRANSFORMER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Channels of every internal map and of the multi-scale features (must = HIDDEN_DIM).
+    pd.CONV_DIM = 256
+    # Channels of the stride-4 mask features (must = HIDDEN_DIM).
+    pd.MASK_DIM = 256
+    # Norm of the FPN lateral/output convolutions ("GN": GroupNorm, 32 groups).
+    pd.NORM = "GN"
+    # Norm after the encoder's 1x1 input projections: "LN" (channel LayerNorm, eps 1e-6; the
+    # release) or "GN" (the paper).
+    pd.INPUT_PROJ_NORM = "LN"
+    # Positional encoding of the encoder: "random" (random Fourier; release) or "sine" (paper).
+    pd.POSITION_ENCODING = "random"
+    # Deformable encoder layers, heads, sampling points per head and level, FFN width, dropout.
+    pd.NUM_ENCODER_LAYERS = 6
+    pd.NUM_HEADS = 8
+    pd.NUM_POINTS = 4
+    pd.DIM_FEEDFORWARD = 1024
+    pd.DROPOUT = 0.0
+    # Stride of the mask features; backbone outputs between it and the encoder's finest level
+    # join through FPN steps (res2 by default).
+    pd.COMMON_STRIDE = 4
+    # Deformable-attention op: "auto" (compiled kernel when built, else PyTorch), "pytorch",
+    # "cpp" or "cuda".
+    pd.DEFORM_ATTN_BACKEND = "auto"
+
+    pe = cfg.MODEL.UNIOVSEG.PROMPT_ENCODER = CN()
+    # Granularity tokens = masks predicted per point prompt (boxes get 1 mask); release: 4.
+    pe.NUM_MULTIMASK_OUTPUTS = 4
+    # Encoding of the prompt corners: "random" (random Fourier; release) or "sine" (paper).
+    pe.POSITION_ENCODING = "random"
+    # A point becomes a box of +/- this many pixels of a 1024 x 1024 canvas, scaled with the
+    # input size (release: 2, i.e. the paper's 4 x 4 anchor box).
+    pe.POINT_BOX_HALF_SIZE = 2.0
+
+    md = cfg.MODEL.UNIOVSEG.MASK_DECODER = CN()
+    # Width of the prompt tokens and of the decoder.
+    md.HIDDEN_DIM = 256
+    # Attention heads and FFN width of the decoder layers.
+    md.NUM_HEADS = 8
+    md.DIM_FEEDFORWARD = 2048
+    # Decoder layers (masked cross-attention, per-prompt self-attention, FFN); predictions are
+    # made NUM_LAYERS + 1 times (deep supervision). Release: 9 (its DEC_LAYERS=10 counts the
+    # initial prediction); the paper says 6.
+    md.NUM_LAYERS = 9
+    # Positions of the attended pixels: "random" (random Fourier; release) or "sine" (paper).
+    md.POSITION_ENCODING = "random"
+
+
+def _add_inference_config(cfg: CN) -> None:
+    """Test-time geometry, automatic (point-grid) mask generation and promptable evaluation.
+
+    Defaults reproduce the authors' stage-1 release (see uniovseg/inference/ and
+    uniovseg/modeling/mask_postprocessing.py for the details of each step).
+    """
+    if "TEST" not in cfg.MODEL.UNIOVSEG:
+        cfg.MODEL.UNIOVSEG.TEST = CN()
+    t = cfg.MODEL.UNIOVSEG.TEST
+    # Side S of the square, bottom/right-padded test input (release: 1024). Images are never
+    # cropped: the resized image must fit inside S x S.
+    t.INPUT_SIZE = 1024
+    # How test images are resized before padding to INPUT_SIZE: "longest_side" (the longest side
+    # becomes INPUT_SIZE, the release's geometry) or "shortest_edge" (detectron2's
+    # ResizeShortestEdge with INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST; MAX_SIZE_TEST must then
+    # be <= INPUT_SIZE).
+    t.RESIZE_MODE = "longest_side"
+
+    cfg.MODEL.UNIOVSEG.AUTOMATIC = CN()
+    a = cfg.MODEL.UNIOVSEG.AUTOMATIC
+    # Point prompts per side of the regular grid over the valid (unpadded) image region.
+    a.POINTS_PER_SIDE = 20
+    # Point prompts per network call (memory bound only; the result does not depend on it).
+    a.POINTS_PER_BATCH = 100
+    # Keep masks with sigmoid(IoU logit) >= this. The release applies the sigmoid twice and keeps
+    # sigmoid(sigmoid(x)) >= 0.65, i.e. sigmoid(x) >= ln(0.65 / 0.35) = 0.6190.
+    a.PRED_IOU_THRESH = 0.619
+    # Keep masks whose stability score is >= this (release demo: 0.92); 0.0 disables the filter.
+    a.STABILITY_SCORE_THRESH = 0.92
+    # Stability score = area(logit > CENTER + OFFSET) / area(logit > CENTER - OFFSET), in logits.
+    # The release's demo thresholds logits at 0.6 / 0.4 (CENTER 0.5, OFFSET 0.1); we centre the
+    # band on the binarisation threshold (logit 0) by default.
+    a.STABILITY_SCORE_OFFSET = 0.1
+    a.STABILITY_SCORE_CENTER = 0.0
+    # Containment-aware mask NMS: a higher-scored mask removes another whose IoU with it is
+    # >= NMS_IOU_THRESH or whose area lies inside it for >= NMS_CONTAINMENT_THRESH.
+    a.NMS_IOU_THRESH = 0.5
+    a.NMS_CONTAINMENT_THRESH = 0.7
+    # Resolution of the NMS / stability frame relative to the input (release: 0.5 -> 512 x 512).
+    a.NMS_SCALE = 0.5
+    # Fill holes and remove islands smaller than this many pixels in every returned mask
+    # (original image size); 0 disables it (release demo: 15).
+    a.MIN_REGION_AREA = 0
