@@ -15,6 +15,7 @@ import importlib.util
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=128, help="side of the test image")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    # torch's own deprecation notices (torch.jit.script) are noise for a user of this report.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch")
 
     print("uniovseg environment")
     rows = environment_report()

@@ -5,6 +5,7 @@ detectron2 already has a home for it. Each key carries a comment saying what it 
 under ``configs/`` override them with ``_BASE_`` inheritance.
 """
 
+import torch
 from detectron2.config import CfgNode as CN
 
 # CLIP pixel statistics in 0-255 units (open_clip's OPENAI_DATASET_MEAN/STD x 255); the frozen
@@ -21,6 +22,7 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_stage1_training_config(cfg)
     _add_stage1_model_config(cfg)
     _add_inference_config(cfg)
+    _add_meta_arch_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
     # --- mask decoder, data, alignment); keep one function per section.
 
@@ -216,3 +218,24 @@ def _add_inference_config(cfg: CN) -> None:
     # Fill holes and remove islands smaller than this many pixels in every returned mask
     # (original image size); 0 disables it (release demo: 15).
     a.MIN_REGION_AREA = 0
+
+
+def _add_meta_arch_config(cfg: CN) -> None:
+    """The meta-architecture and how it is trained and run (see uniovseg/modeling/meta_arch.py)."""
+    cfg.MODEL.META_ARCHITECTURE = "UniOVSeg"
+    # detectron2 defaults to "cuda"; we default to what the machine has (CPU laptops work too).
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.MODEL.BACKBONE.NAME = "CLIPConvNeXtBackbone"
+    cfg.MODEL.PIXEL_MEAN = list(CLIP_PIXEL_MEAN)
+    cfg.MODEL.PIXEL_STD = list(CLIP_PIXEL_STD)
+    cfg.INPUT.FORMAT = "RGB"  # CLIP takes RGB
+    # Training mapper: "sa1b" (image-mask pairs; uniovseg/data/sa1b_mapper.py).
+    cfg.INPUT.DATASET_MAPPER_NAME = "sa1b"
+    # Prompt types decoded for every training batch ("point": the grid, several masks per
+    # point, many-to-many matching; "box": one mask per gt box).
+    cfg.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES = ["point", "box"]
+    # Prompts decoded per call at inference time (bounds memory; never changes results).
+    cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK = 100
+    # DistributedDataParallel(find_unused_parameters=...): a batch without box prompts leaves the
+    # single-mask token's heads without gradient; True tolerates that at a small cost.
+    cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = True
