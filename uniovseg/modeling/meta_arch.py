@@ -22,10 +22,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from uniovseg.inference.automatic_mask_generator import (
-    AutomaticMaskGenerationEngine,
-    AutomaticMaskResult,
-)
+# A module import, not `from ... import Class`: the engine imports uniovseg.modeling.* helpers,
+# and uniovseg.modeling's __init__ imports this file, so the engine may be half-initialised here.
+from uniovseg.inference import automatic_mask_generator as amg
 from uniovseg.modeling.criterion import PromptMaskCriterion
 from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
 from uniovseg.modeling.segmentation_head import SegmentationHead
@@ -66,7 +65,7 @@ class UniOVSeg(nn.Module):
         backbone: Backbone,
         sem_seg_head: SegmentationHead,
         criterion: PromptMaskCriterion,
-        mask_generator: AutomaticMaskGenerationEngine,
+        mask_generator: amg.AutomaticMaskGenerationEngine,
         pixel_mean: tuple[float, float, float],
         pixel_std: tuple[float, float, float],
         train_prompt_types: tuple[str, ...] = _PROMPT_TYPES,
@@ -115,7 +114,7 @@ class UniOVSeg(nn.Module):
             "backbone": backbone,
             "sem_seg_head": SegmentationHead(cfg, backbone.output_shape()),
             "criterion": PromptMaskCriterion(cfg),
-            "mask_generator": AutomaticMaskGenerationEngine(cfg),
+            "mask_generator": amg.AutomaticMaskGenerationEngine(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "train_prompt_types": tuple(cfg.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES),
@@ -309,7 +308,7 @@ class UniOVSeg(nn.Module):
         }
 
 
-def automatic_result_to_instances(result: AutomaticMaskResult) -> Instances:
+def automatic_result_to_instances(result: amg.AutomaticMaskResult) -> Instances:
     """AutomaticMaskResult -> detectron2 Instances (pred_masks, pred_boxes, scores) for
     visualisation and detectron2 tooling."""
     instances = Instances(result.original_size)

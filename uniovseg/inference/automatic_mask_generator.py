@@ -1,0 +1,418 @@
+"""Automatic (whole-image) mask generation from a regular grid of point prompts.
+
+The engine is model-agnostic: it drives a ``predict_fn`` that maps point prompts to mask and IoU
+logits (the promptable network run on features computed once per image) and turns the grid's
+predictions into a de-duplicated set of masks. The meta-architecture uses it for its automatic
+inference mode; a SAM-shaped public wrapper can use it the same way.
+
+Frames used below (the release's test geometry):
+    * original: the image as read, ``(H0, W0)``;
+    * input: the network input ``(S_h, S_w)`` (release: 1024 x 1024), holding the image resized so
+      that its longest side fits, in the top-left ``valid`` region ``(h_v, w_v)``; the rest is
+      bottom/right padding;
+    * low-res: the network's mask logits, at stride 4 of the input (256 x 256 for 1024);
+    * work: the input frame scaled by ``nms_scale`` (release: 0.5) and cropped to the valid
+      region; stability scores and NMS are computed there.
+
+Pipeline per chunk of ``points_per_batch`` grid points: predict 4 masks per point, keep masks
+whose predicted IoU passes the threshold, compute their stability score in the work frame and keep
+the stable ones. Then one containment-aware NMS over all survivors, and only the kept masks are
+brought to the original image size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from torch.nn import functional as F
+
+from ..modeling.mask_postprocessing import (
+    encode_masks_rle,
+    mask_nms,
+    masks_to_boxes,
+    remove_small_regions,
+    stability_score,
+)
+from .point_grid import build_point_grid
+
+__all__ = ["AutomaticMaskGenerationEngine", "AutomaticMaskResult", "PredictFn", "to_sam_records"]
+
+logger = logging.getLogger(__name__)
+
+# point_coords [1, P, 2] (x, y) in input pixels
+#   -> (mask_logits [1, P, M, h, w], iou_logits [1, P, M])
+PredictFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+# Masks are upsampled this many at a time, which bounds the float copies to
+# _UPSAMPLE_BATCH x (frame size) (64 MiB for 16 masks at 1024 x 1024).
+_UPSAMPLE_BATCH = 16
+
+
+@dataclass
+class AutomaticMaskResult:
+    """The masks kept by automatic mask generation for one image, by decreasing predicted IoU.
+
+    Attributes:
+        masks: bool [K, H0, W0], at the original image size.
+        iou_scores: float32 [K], predicted IoU (sigmoid of the IoU logit), in [0, 1].
+        stability_scores: float32 [K], in [0, 1] (see ``stability_score``).
+        point_coords: float32 [K, 2], the (x, y) point prompt of each mask in original pixels.
+        boxes: float32 [K, 4], tight XYXY boxes of ``masks`` in original pixels (pixel edges:
+            x2 = last column + 1).
+        mask_logits_lowres: float32 [K, h, w], the network's mask logits at stride 4 of the
+            padded input frame (padding included), e.g. to pool CLIP features under each mask.
+        point_indices: int64 [K], index of the prompt in the row-major point grid.
+        granularity_indices: int64 [K], which of the point's multi-mask outputs (0..M-1).
+        original_size: (H0, W0).
+    """
+
+    masks: torch.Tensor
+    iou_scores: torch.Tensor
+    stability_scores: torch.Tensor
+    point_coords: torch.Tensor
+    boxes: torch.Tensor
+    mask_logits_lowres: torch.Tensor
+    point_indices: torch.Tensor
+    granularity_indices: torch.Tensor
+    original_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+
+class AutomaticMaskGenerationEngine:
+    """Point-grid prompting, score filtering and containment-aware NMS for one image at a time."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        points_per_side: int = 20,
+        points_per_batch: int = 100,
+        pred_iou_thresh: float = 0.619,
+        stability_score_thresh: float = 0.92,
+        stability_score_offset: float = 0.1,
+        stability_score_center: float = 0.0,
+        nms_iou_thresh: float = 0.5,
+        nms_containment_thresh: float = 0.7,
+        nms_scale: float = 0.5,
+        min_region_area: int = 0,
+    ) -> None:
+        """
+        Args:
+            points_per_side: The grid has ``points_per_side**2`` point prompts (release: 20).
+            points_per_batch: Prompts per network call; bounds memory, never changes the result.
+            pred_iou_thresh: Keep masks whose sigmoid(IoU logit) is at least this. The release
+                applies the sigmoid twice and keeps sigmoid(sigmoid(x)) >= 0.65, which is
+                sigmoid(x) >= ln(0.65 / 0.35) = 0.6190; we apply it once and default to 0.619.
+            stability_score_thresh: Keep masks whose stability score is at least this
+                (release demo: 0.92); 0 disables the filter.
+            stability_score_offset: Half-width of the stability threshold band, in logits.
+            stability_score_center: Centre of the band, in logits (0 = the binarisation
+                threshold; the release's demo uses 0.5 with offset 0.1, see ``stability_score``).
+            nms_iou_thresh: A higher-scored mask removes another when their IoU is >= this.
+            nms_containment_thresh: ... or when at least this fraction of the other lies inside
+                it (release: 0.5 and 0.7).
+            nms_scale: Resolution of the NMS and stability frame relative to the input frame
+                (release: 0.5, i.e. 512 x 512 for a 1024 input).
+            min_region_area: Fill holes and remove islands smaller than this many pixels in each
+                returned mask (original size); 0 disables it (release demo: 15).
+        """
+        if points_per_side < 1 or points_per_batch < 1:
+            raise ValueError(
+                "points_per_side and points_per_batch must be >= 1, got "
+                f"{points_per_side} and {points_per_batch}"
+            )
+        if not 0.0 < nms_scale <= 1.0:
+            raise ValueError(f"nms_scale must be in (0, 1], got {nms_scale}")
+        if stability_score_offset < 0:
+            raise ValueError(f"stability_score_offset must be >= 0, got {stability_score_offset}")
+        self.points_per_side = int(points_per_side)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.stability_score_center = float(stability_score_center)
+        self.nms_iou_thresh = float(nms_iou_thresh)
+        self.nms_containment_thresh = float(nms_containment_thresh)
+        self.nms_scale = float(nms_scale)
+        self.min_region_area = int(min_region_area)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        a = cfg.MODEL.UNIOVSEG.AUTOMATIC
+        return {
+            "points_per_side": a.POINTS_PER_SIDE,
+            "points_per_batch": a.POINTS_PER_BATCH,
+            "pred_iou_thresh": a.PRED_IOU_THRESH,
+            "stability_score_thresh": a.STABILITY_SCORE_THRESH,
+            "stability_score_offset": a.STABILITY_SCORE_OFFSET,
+            "stability_score_center": a.STABILITY_SCORE_CENTER,
+            "nms_iou_thresh": a.NMS_IOU_THRESH,
+            "nms_containment_thresh": a.NMS_CONTAINMENT_THRESH,
+            "nms_scale": a.NMS_SCALE,
+            "min_region_area": a.MIN_REGION_AREA,
+        }
+
+    @torch.no_grad()
+    def generate(
+        self,
+        predict_fn: PredictFn,
+        *,
+        valid_size: tuple[int, int],
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+        device: torch.device | str | None = None,
+    ) -> AutomaticMaskResult:
+        """Runs the point grid through ``predict_fn`` and returns the de-duplicated masks.
+
+        Args:
+            predict_fn: Maps ``point_coords`` float32 [1, P, 2] ((x, y) in input pixels, on
+                ``device``) to ``(mask_logits [1, P, M, h, w], iou_logits [1, P, M])``; the mask
+                logits cover the whole padded input frame (h, w = input size / stride).
+            valid_size: ``(h_v, w_v)`` of the resized image inside the input frame.
+            input_size: ``(S_h, S_w)`` of the padded input frame.
+            original_size: ``(H0, W0)`` of the original image; returned masks have this size.
+            device: Where the point grid is built (the network's device); default CPU.
+
+        Returns:
+            An :class:`AutomaticMaskResult` on the device of ``predict_fn``'s outputs; K = 0 is a
+            normal result (nothing passed the filters).
+        """
+        _check_size("valid_size", valid_size)
+        _check_size("input_size", input_size)
+        _check_size("original_size", original_size)
+        if valid_size[0] > input_size[0] or valid_size[1] > input_size[1]:
+            raise ValueError(
+                f"valid_size {tuple(valid_size)} must fit inside input_size {tuple(input_size)}: "
+                "the image is padded bottom/right, never cropped"
+            )
+        grid = build_point_grid(self.points_per_side, tuple(valid_size)).to(device or "cpu")
+        work_size = (
+            max(1, round(input_size[0] * self.nms_scale)),
+            max(1, round(input_size[1] * self.nms_scale)),
+        )
+        work_valid = (
+            min(work_size[0], int(np.ceil(valid_size[0] * self.nms_scale))),
+            min(work_size[1], int(np.ceil(valid_size[1] * self.nms_scale))),
+        )
+
+        kept: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("lowres", "work", "iou", "stability", "point", "granularity")
+        }
+        lowres_shape: tuple[int, int] | None = None
+        out_device = None
+        for start in range(0, grid.shape[0], self.points_per_batch):
+            coords = grid[start : start + self.points_per_batch]
+            mask_logits, iou_logits = predict_fn(coords[None])
+            _check_predictions(mask_logits, iou_logits, coords.shape[0], input_size)
+            mask_logits, iou_logits = mask_logits[0], iou_logits[0]  # [P, M, h, w], [P, M]
+            lowres_shape = tuple(mask_logits.shape[-2:])
+            out_device = mask_logits.device
+
+            # One sigmoid, not the release's two: see `pred_iou_thresh` in __init__.
+            iou_probs = iou_logits.float().sigmoid()
+            point_idx, gran_idx = torch.nonzero(iou_probs >= self.pred_iou_thresh, as_tuple=True)
+            if point_idx.numel() == 0:
+                continue
+            lowres = mask_logits[point_idx, gran_idx].float()  # [k, h, w]
+            # Stability on the work-frame logits: the release's demo scores full-resolution
+            # logits; an area ratio barely changes at half resolution and this bounds memory.
+            work_masks, stability = self._work_frame(lowres, work_size, work_valid)
+            # Empty masks in the work frame (a few pixels at most) cannot be de-duplicated.
+            ok = (stability >= self.stability_score_thresh) & work_masks.flatten(1).any(dim=1)
+            kept["lowres"].append(lowres[ok])
+            kept["work"].append(work_masks[ok])
+            kept["iou"].append(iou_probs[point_idx, gran_idx][ok])
+            kept["stability"].append(stability[ok])
+            kept["point"].append(point_idx[ok] + start)
+            kept["granularity"].append(gran_idx[ok])
+
+        assert lowres_shape is not None  # the grid has >= 1 point
+        if not kept["iou"] or sum(t.numel() for t in kept["iou"]) == 0:
+            logger.debug("automatic mask generation: no mask passed the score filters")
+            return _empty_result(original_size, lowres_shape, out_device)
+        cat = {k: torch.cat(v) for k, v in kept.items()}
+        num_candidates = cat["iou"].numel()
+
+        keep = mask_nms(
+            cat["work"],
+            cat["iou"],
+            iou_threshold=self.nms_iou_thresh,
+            containment_threshold=self.nms_containment_thresh,
+        )
+        cat = {k: v[keep] for k, v in cat.items() if k != "work"}
+
+        masks = self._to_original(cat["lowres"], valid_size, input_size, original_size)
+        if self.min_region_area > 0:
+            masks = self._remove_small_regions(masks)
+        # A mask can vanish at a much smaller original size; such masks carry nothing.
+        nonempty = masks.flatten(1).any(dim=1)
+        if not bool(nonempty.all()):
+            masks = masks[nonempty]
+            cat = {k: v[nonempty] for k, v in cat.items()}
+
+        scale = torch.tensor(
+            [original_size[1] / valid_size[1], original_size[0] / valid_size[0]],
+            device=grid.device,
+        )
+        point_coords = (grid * scale)[cat["point"].to(grid.device)].to(masks.device)
+        logger.debug(
+            "automatic mask generation: %d grid masks passed the filters, %d after NMS",
+            num_candidates,
+            masks.shape[0],
+        )
+        return AutomaticMaskResult(
+            masks=masks,
+            iou_scores=cat["iou"],
+            stability_scores=cat["stability"],
+            point_coords=point_coords,
+            boxes=masks_to_boxes(masks),
+            mask_logits_lowres=cat["lowres"],
+            point_indices=cat["point"],
+            granularity_indices=cat["granularity"],
+            original_size=(int(original_size[0]), int(original_size[1])),
+        )
+
+    def _work_frame(
+        self, lowres: torch.Tensor, work_size: tuple[int, int], work_valid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits [k, h, w] -> (bool masks [k, *work_valid], stability scores [k]) in the
+        work frame; float copies exist for _UPSAMPLE_BATCH masks at a time only."""
+        masks = torch.zeros((lowres.shape[0], *work_valid), dtype=torch.bool, device=lowres.device)
+        stability = torch.zeros(lowres.shape[0], dtype=torch.float32, device=lowres.device)
+        for s in range(0, lowres.shape[0], _UPSAMPLE_BATCH):
+            logits = _resize_crop(lowres[s : s + _UPSAMPLE_BATCH], work_size, work_valid)
+            stability[s : s + _UPSAMPLE_BATCH] = stability_score(
+                logits, self.stability_score_offset, self.stability_score_center
+            )
+            masks[s : s + _UPSAMPLE_BATCH] = logits > 0
+        return masks, stability
+
+    @staticmethod
+    def _to_original(
+        lowres: torch.Tensor,
+        valid_size: tuple[int, int],
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Low-res logits [K, h, w] -> bool masks [K, H0, W0]: upsample to the input frame, crop
+        the padding away, resize to the original size, threshold at logit 0."""
+        out = torch.zeros((lowres.shape[0], *original_size), dtype=torch.bool, device=lowres.device)
+        for s in range(0, lowres.shape[0], _UPSAMPLE_BATCH):
+            logits = _resize_crop(lowres[s : s + _UPSAMPLE_BATCH], input_size, valid_size)
+            logits = F.interpolate(
+                logits[:, None], size=tuple(original_size), mode="bilinear", align_corners=False
+            )[:, 0]
+            out[s : s + _UPSAMPLE_BATCH] = logits > 0
+        return out
+
+    def _remove_small_regions(self, masks: torch.Tensor) -> torch.Tensor:
+        # cv2 connected components on CPU; only the few returned masks go through it. Unlike
+        # SAM we do not re-run NMS afterwards: the edits are below min_region_area pixels.
+        cleaned = [remove_small_regions(m, self.min_region_area)[0] for m in masks.cpu().numpy()]
+        return torch.from_numpy(np.stack(cleaned)).to(masks.device)
+
+
+def _resize_crop(
+    logits: torch.Tensor, frame_size: tuple[int, int], crop_size: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinear resize of [K, h, w] logits covering the padded frame to ``frame_size``, then keep
+    the top-left ``crop_size`` (the valid region)."""
+    if logits.shape[0] == 0:
+        return logits.new_zeros((0, *crop_size))
+    resized = F.interpolate(
+        logits[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False
+    )[:, 0]
+    return resized[:, : crop_size[0], : crop_size[1]]
+
+
+def _empty_result(
+    original_size: tuple[int, int],
+    lowres_shape: tuple[int, int],
+    device: torch.device | None,
+) -> AutomaticMaskResult:
+    dtype = torch.float32
+    long = {"dtype": torch.long, "device": device}
+    return AutomaticMaskResult(
+        masks=torch.zeros((0, *original_size), dtype=torch.bool, device=device),
+        iou_scores=torch.zeros(0, dtype=dtype, device=device),
+        stability_scores=torch.zeros(0, dtype=dtype, device=device),
+        point_coords=torch.zeros((0, 2), dtype=dtype, device=device),
+        boxes=torch.zeros((0, 4), dtype=dtype, device=device),
+        mask_logits_lowres=torch.zeros((0, *lowres_shape), dtype=dtype, device=device),
+        point_indices=torch.zeros(0, **long),
+        granularity_indices=torch.zeros(0, **long),
+        original_size=(int(original_size[0]), int(original_size[1])),
+    )
+
+
+def _check_size(name: str, size) -> None:
+    if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+        raise ValueError(f"{name} must be (h, w) with positive integers, got {size!r}")
+
+
+def _check_predictions(
+    mask_logits: torch.Tensor, iou_logits: torch.Tensor, num_points: int, input_size
+) -> None:
+    if (
+        mask_logits.dim() != 5
+        or mask_logits.shape[:2] != (1, num_points)
+        or iou_logits.shape != mask_logits.shape[:3]
+    ):
+        raise ValueError(
+            "predict_fn must return mask_logits [1, P, M, h, w] and iou_logits [1, P, M] for "
+            f"P = {num_points} points, got {tuple(mask_logits.shape)} and "
+            f"{tuple(iou_logits.shape)}"
+        )
+    if mask_logits.shape[-2] > input_size[0] or mask_logits.shape[-1] > input_size[1]:
+        raise ValueError(
+            f"mask logits of size {tuple(mask_logits.shape[-2:])} are larger than the input "
+            f"frame {tuple(input_size)}; they must cover the padded input at a stride >= 1"
+        )
+
+
+def to_sam_records(result: AutomaticMaskResult, output_mode: str = "binary_mask") -> list[dict]:
+    """Converts a result into SAM / SA-1B style per-mask records.
+
+    Args:
+        result: The output of :meth:`AutomaticMaskGenerationEngine.generate`.
+        output_mode: ``"binary_mask"`` (``segmentation`` is a bool numpy array [H0, W0]) or
+            ``"coco_rle"`` (a compressed COCO RLE dict with ``str`` counts, JSON-ready).
+
+    Returns:
+        One dict per mask, by decreasing predicted IoU, with keys ``segmentation``, ``area``
+        (int pixels), ``bbox`` (XYWH ints, original pixels), ``predicted_iou`` (float),
+        ``point_coords`` (``[[x, y]]``, original pixels), ``stability_score`` (float) and
+        ``crop_box`` (``[0, 0, W0, H0]``: the whole image, no crops are used).
+    """
+    if output_mode not in ("binary_mask", "coco_rle"):
+        raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {output_mode!r}")
+    masks = result.masks.cpu().numpy()
+    if output_mode == "coco_rle":
+        segmentations = encode_masks_rle(masks)
+    else:
+        segmentations = list(masks)
+    areas = masks.sum(axis=(1, 2))
+    boxes = result.boxes.cpu().round().long()
+    boxes_xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    height, width = result.original_size
+    records = []
+    for i, segmentation in enumerate(segmentations):
+        records.append(
+            {
+                "segmentation": segmentation,
+                "area": int(areas[i]),
+                "bbox": boxes_xywh[i],
+                "predicted_iou": float(result.iou_scores[i]),
+                "point_coords": [[float(v) for v in result.point_coords[i].tolist()]],
+                "stability_score": float(result.stability_scores[i]),
+                "crop_box": [0, 0, int(width), int(height)],
+            }
+        )
+    return records
