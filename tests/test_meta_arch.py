@@ -1,0 +1,119 @@
+"""The UniOVSeg meta-architecture built from the tiny config: training contract, gradients,
+edge cases, automatic and promptable inference."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import uniovseg.modeling  # noqa: F401  (registers UniOVSeg)
+from uniovseg.config import add_uniovseg_config
+from uniovseg.model_check import _synthetic_training_example
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "stage1_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    cfg = get_cfg()
+    add_uniovseg_config(cfg)
+    cfg.merge_from_file(str(TINY_CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def test_training_step_reaches_every_trainable_parameter_and_no_frozen_one(model, cfg):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    example = _synthetic_training_example(cfg.INPUT.UNIOVSEG.CROP_SIZE)
+    losses = model([example, example])
+    assert {"loss_mask_bce_point", "loss_mask_dice_point", "loss_iou_point"} <= set(losses)
+    assert {"loss_mask_bce_box", "loss_mask_dice_box", "loss_iou_box"} <= set(losses)
+    # deep supervision: one set of terms per auxiliary prediction (1 initial + NUM_LAYERS - 1)
+    assert "loss_mask_bce_point_0" in losses
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(not n.startswith("backbone.") for n, _ in trainable)
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("backbone."))
+    assert not model.backbone.training  # the frozen CLIP stays in eval mode
+
+
+def test_batch_without_any_mask_gives_a_finite_zero_loss(model, cfg):
+    model.train()
+    size = cfg.INPUT.UNIOVSEG.CROP_SIZE
+    example = _synthetic_training_example(size)
+    example["gt_masks"] = torch.zeros(0, size, size, dtype=torch.bool)
+    example["box_prompts"] = torch.zeros(0, 4)
+    losses = model([example])
+    total = sum(losses.values())
+    assert torch.isfinite(total) and float(total.detach()) == 0.0
+    total.backward()
+
+
+def test_automatic_masks_come_back_at_the_original_size(model):
+    model.eval()
+    image = torch.randint(0, 256, (3, 70, 110), dtype=torch.uint8)
+    (output,) = model([{"image": image, "height": 140, "width": 220}])
+    result = output["automatic_masks"]
+    assert result.masks.shape[1:] == (140, 220)
+    assert output["instances"].image_size == (140, 220)
+    assert len(output["instances"]) == len(result)
+
+
+def test_automatic_generation_keeps_masks_when_the_filters_allow_it(cfg):
+    cfg = cfg.clone()
+    cfg.MODEL.UNIOVSEG.AUTOMATIC.PRED_IOU_THRESH = 0.0
+    cfg.MODEL.UNIOVSEG.AUTOMATIC.STABILITY_SCORE_THRESH = 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    (output,) = model([{"image": image}])
+    result = output["automatic_masks"]
+    assert len(result) > 0
+    assert result.masks.dtype == torch.bool and result.masks.shape[1:] == (96, 128)
+    assert torch.all(result.iou_scores[:-1] >= result.iou_scores[1:])
+
+
+def test_promptable_evaluation_output_contract(model, cfg):
+    model.eval()
+    size = cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE
+    image = torch.zeros(3, size, size, dtype=torch.uint8)
+    (output,) = model(
+        [
+            {
+                "image": image,
+                "image_size": (100, 120),
+                "point_coords": torch.tensor([[10.0, 20.0], [60.0, 50.0], [100.0, 90.0]]),
+                "box_prompts": torch.tensor([[0.0, 0.0, 50.0, 40.0]] * 3),
+            }
+        ]
+    )
+    evaluation = output["prompt_eval"]
+    assert evaluation["point_masks"].shape == (3, 4, 100, 120)
+    assert evaluation["point_masks"].dtype == torch.bool
+    assert evaluation["point_iou"].shape == (3, 4)
+    assert ((evaluation["point_iou"] >= 0) & (evaluation["point_iou"] <= 1)).all()
+    assert evaluation["box_masks"].shape == (3, 1, 100, 120)
+
+
+def test_invalid_settings_are_refused(cfg):
+    bad = cfg.clone()
+    bad.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES = ["polygon"]
+    with pytest.raises(ValueError, match="TRAIN_PROMPT_TYPES"):
+        build_model(bad)
+    bad = cfg.clone()
+    bad.MODEL.UNIOVSEG.TEST.INPUT_SIZE = 100
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model(bad)
