@@ -59,5 +59,20 @@ say "installing uniovseg (editable) and building its deformable-attention op"
   || die "pip could not install uniovseg itself (the op build never fails this step; see above)"
 
 "$venv/bin/python" -c "import uniovseg" || die "uniovseg does not import after installation"
+"$venv/bin/python" - <<'PY'
+from uniovseg.layers.ms_deform_attn import compiled_backends
+built = sorted(compiled_backends())
+print("[setup] deformable-attention kernels compiled:", ", ".join(built) if built else
+      "none (the PyTorch path will be used; see README 'The compiled op')")
+PY
+
+# An independent implementation of the op, used only by the tests as an oracle. It compiles
+# against the installed torch (hence --no-build-isolation); if it cannot be built the oracle
+# tests are skipped, which the test summary shows.
+if ! "$venv/bin/python" -c "import torch, torch_ms_deform_attn" 2>/dev/null; then
+  say "installing the test oracle torch-ms-deform-attn==0.1.1 (compiles, ~30 s)"
+  "${pip[@]}" install -q --no-build-isolation --no-deps torch-ms-deform-attn==0.1.1 \
+    || say "WARNING: torch-ms-deform-attn did not build; its oracle tests will be skipped"
+fi
 printf '%s' "$stamp_value" > "$stamp_file"
 say "done: activate with 'source $venv/bin/activate'"
