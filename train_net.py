@@ -42,7 +42,14 @@ def main(args):
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            from uniovseg.evaluation.results_table import format_run_results
+            from uniovseg.evaluation.results_table import normalize_test_results
+
+            table = format_run_results(normalize_test_results(results, cfg.DATASETS.TEST))
+            logging.getLogger("uniovseg").info("Results in the paper's layout:\n%s", table)
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

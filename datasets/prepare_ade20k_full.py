@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Converts ADE20K-full (ADE20K_2021_17_01) to the 847-class A-847 benchmark.
+
+Writes ``ADE20K_2021_17_01/images_detectron2/<split>/*.jpg`` (shorter side <= 512),
+``annotations_detectron2/<split>/*.tif`` (16-bit, labels 0-846, 65535 = ignore) and
+``classes_847.txt`` (the dataset's own name of each class, in label order).
+
+Usage:
+    python datasets/prepare_ade20k_full.py [--root DIR] [--splits validation training]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--splits", nargs="+", default=["validation"])
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from uniovseg.data.datasets.benchmarks import default_datasets_root
+    from uniovseg.data.datasets.conversion.ade20k import prepare_ade20k_full
+
+    start = time.perf_counter()
+    try:
+        count = prepare_ade20k_full(
+            args.root or default_datasets_root(),
+            splits=tuple(args.splits),
+            overwrite=args.overwrite,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {count} images and labels in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

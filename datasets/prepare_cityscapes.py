@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Derives Cityscapes' train-id labels and COCO-format panoptic annotations (no cityscapesScripts
+needed) for ``cityscapes_sem_seg_val`` and ``cityscapes_panoptic_val``.
+
+Writes ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``, ``gtFine/cityscapes_panoptic_
+<split>.json`` and ``gtFine/cityscapes_panoptic_<split>/`` under ``<root>/cityscapes``: the
+files cityscapesScripts' createTrainIdLabelImgs / createPanopticImgs would write.
+
+Usage:
+    python datasets/prepare_cityscapes.py [--root DIR] [--split val]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from uniovseg.data.datasets.benchmarks import default_datasets_root
+    from uniovseg.data.datasets.conversion.cityscapes import prepare_cityscapes
+
+    try:
+        path = prepare_cityscapes(
+            args.root or default_datasets_root(), split=args.split, overwrite=args.overwrite
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
