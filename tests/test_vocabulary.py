@@ -1,0 +1,204 @@
+"""Vocabularies: packaged benchmark class lists, files, inline strings, normalisation."""
+
+import warnings
+
+import pytest
+from detectron2.data.datasets import builtin_meta
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
+
+from uniovseg.data.vocabulary import (
+    available_vocabularies,
+    class_display_names,
+    class_synonyms,
+    load_vocabulary,
+    normalize_vocabulary,
+    parse_vocabulary_string,
+    resolve_vocabulary,
+)
+
+EXPECTED_COUNTS = {
+    "ade20k_150": 150,
+    "ade20k_847": 847,
+    "cityscapes_19": 19,
+    "coco_panoptic_133": 133,
+    "pascal_context_459": 459,
+    "pascal_context_59": 59,
+    "pascal_voc_20": 20,
+    "pascal_voc_21": 21,
+}
+
+# FC-CLIP's prompt engineering renames these COCO panoptic categories (detectron2 name -> ours).
+COCO_RENAMES = {
+    "orange": "orange fruit",
+    "remote": "tv remote",
+    "scissors": "scissor",
+    "door-stuff": "door",
+    "floor-wood": "wood floor",
+    "light": "lamp",
+    "mirror-stuff": "mirror",
+    "net": "tennis net",
+    "wall-brick": "brick wall",
+    "wall-stone": "stone wall",
+    "wall-tile": "tile wall",
+    "wall-wood": "wood wall",
+    "water-other": "water",
+    "window-blind": "window blind",
+    "window-other": "window",
+    "tree-merged": "tree",
+    "fence-merged": "fence",
+    "ceiling-merged": "ceiling",
+    "sky-other-merged": "sky",
+    "cabinet-merged": "cabinet",
+    "table-merged": "table",
+    "floor-other-merged": "floor",
+    "pavement-merged": "pavement",
+    "mountain-merged": "mountain",
+    "grass-merged": "grass",
+    "dirt-merged": "dirt",
+    "paper-merged": "paper",
+    "food-other-merged": "food",
+    "building-other-merged": "building",
+    "rock-merged": "rock",
+    "wall-other-merged": "wall",
+    "rug-merged": "rug",
+}
+
+
+# ---------------------------------------------------------------------------- packaged lists
+def test_available_vocabularies_are_the_benchmarks():
+    assert available_vocabularies() == sorted(EXPECTED_COUNTS)
+
+
+@pytest.mark.parametrize("name,count", sorted(EXPECTED_COUNTS.items()))
+def test_packaged_counts_without_duplicates(name, count):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a duplicate would warn, and shift the labels
+        entries = load_vocabulary(name)
+    assert len(entries) == count
+    assert all(class_synonyms(e) for e in entries)
+
+
+def test_loading_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert len(load_vocabulary("ade20k_847")) == 847
+
+
+def test_ade20k_150_order_is_detectron2s():
+    expected = [n.split(",")[0].strip() for n in builtin_meta.ADE20K_SEM_SEG_CATEGORIES]
+    assert class_display_names(load_vocabulary("ade20k_150")) == expected
+
+
+def test_cityscapes_order_is_train_id_order():
+    categories = sorted(builtin_meta.CITYSCAPES_CATEGORIES, key=lambda c: c["trainId"])
+    names = class_display_names(load_vocabulary("cityscapes_19"))
+    assert names == [c["name"] for c in categories]
+
+
+def test_coco_panoptic_order_is_detectron2s():
+    names = class_display_names(load_vocabulary("coco_panoptic_133"))
+    expected = [COCO_RENAMES.get(c["name"], c["name"]) for c in builtin_meta.COCO_CATEGORIES]
+    assert names == expected
+    assert names[79] == "toothbrush" and names[80] == "banner"  # 80 things, then 53 stuff
+
+
+def test_voc_20_is_voc_21_without_background():
+    voc21 = load_vocabulary("pascal_voc_21")
+    assert class_synonyms(voc21[0])[0] == "background"
+    assert load_vocabulary("pascal_voc_20") == voc21[1:]
+    assert class_display_names(voc21[1:]) == list(VOC_CLASS_NAMES)
+
+
+@pytest.mark.parametrize(
+    "name,index,display",
+    [
+        ("ade20k_847", 0, "wall"),
+        ("ade20k_847", 26, "house exterior"),
+        ("ade20k_847", 846, "adding machine"),
+        ("pascal_context_459", 0, "accordion"),
+        ("pascal_context_459", 61, "computer case"),  # official name: "case"
+        ("pascal_context_459", 458, "wool"),
+        ("pascal_context_59", 0, "aeroplane"),
+        ("pascal_context_59", 58, "wood piece"),
+    ],
+)
+def test_known_entries(name, index, display):
+    assert class_display_names(load_vocabulary(name))[index] == display
+
+
+def test_synonyms_of_a_packaged_entry():
+    voc = load_vocabulary("pascal_context_59")
+    assert class_synonyms(voc[22]) == ["dog", "dogs", "puppy", "puppies"]
+
+
+def test_load_returns_a_fresh_list():
+    first = load_vocabulary("cityscapes_19")
+    first.clear()
+    assert len(load_vocabulary("cityscapes_19")) == 19
+
+
+# ---------------------------------------------------------------------------- parsing
+def test_parse_string_classes_and_synonyms():
+    assert parse_vocabulary_string("cat; dog, puppy; sky") == ["cat", "dog, puppy", "sky"]
+
+
+def test_parse_normalises_whitespace_and_empty_parts():
+    parsed = parse_vocabulary_string("  big \t  cat ;;  dog ,, puppy ;  ")
+    assert parsed == ["big cat", "dog, puppy"]
+
+
+def test_class_synonyms_dedups_inside_a_class():
+    assert class_synonyms(" dog ,  puppy,,dog ") == ["dog", "puppy"]
+    assert class_synonyms(" , ") == []
+
+
+@pytest.mark.parametrize("text", ["", "   ", " ; ;; ", ",;,"])
+def test_empty_vocabulary_is_a_clear_error(text):
+    with pytest.raises(ValueError, match="empty.*';' separates classes"):
+        parse_vocabulary_string(text)
+
+
+def test_duplicates_are_removed_with_a_warning_naming_them():
+    with pytest.warns(UserWarning, match=r"removed 2 duplicate.*'Cat'.*class 0.*'dog'.*class 1"):
+        parsed = parse_vocabulary_string("cat; dog; Cat; sky;  dog ")
+    assert parsed == ["cat", "dog", "sky"]
+
+
+def test_same_name_with_other_synonyms_is_not_a_duplicate():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parse_vocabulary_string("pot; pot, flowerpot") == ["pot", "pot, flowerpot"]
+
+
+def test_normalize_rejects_a_single_string():
+    with pytest.raises(ValueError, match="parse_vocabulary_string"):
+        normalize_vocabulary("cat; dog")
+
+
+# ---------------------------------------------------------------------------- files, names
+def test_load_file_with_comments_and_blank_lines(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("# my classes\n\nzebra\n  horse ,  pony  \n\n# end\n", encoding="utf-8")
+    assert load_vocabulary(str(path)) == ["zebra", "horse, pony"]
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("# nothing here\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        load_vocabulary(str(path))
+
+
+def test_unknown_name_lists_the_packaged_ones():
+    with pytest.raises(ValueError, match="ade20k_150.*parse_vocabulary_string"):
+        load_vocabulary("ade20k_151")
+
+
+def test_resolve_accepts_names_strings_and_lists(tmp_path):
+    assert len(resolve_vocabulary("pascal_voc_20")) == 20
+    assert resolve_vocabulary("cat;") == ["cat"]
+    assert resolve_vocabulary(["  cat", "dog,puppy"]) == ["cat", "dog, puppy"]
+    path = tmp_path / "v.txt"
+    path.write_text("a\nb\n", encoding="utf-8")
+    assert resolve_vocabulary(str(path)) == ["a", "b"]
+    with pytest.raises(ValueError, match="empty"):
+        resolve_vocabulary([])
