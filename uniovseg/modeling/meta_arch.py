@@ -6,6 +6,9 @@ It follows detectron2's contract: ``model(list[dict]) -> dict of losses`` in tra
 
 * training (``SA1BDatasetMapper``): ``image`` uint8 [3, S, S] RGB (already padded), ``gt_masks``,
   ``point_coords``, ``box_prompts``;
+* stage-2 training (``CaptionDatasetMapper``, with ``MODEL.UNIOVSEG.ALIGNMENT.ENABLED``):
+  ``image`` uint8 [3, S, S], ``image_size``, ``entities``: the mask-text alignment loss
+  (:class:`~uniovseg.modeling.alignment.MaskTextAligner`); a batch may mix both kinds;
 * promptable evaluation (``PromptableEvalMapper``): the same geometry plus ``image_size``;
   the output is ``{"prompt_eval": {"point_masks", "point_iou", "box_masks"}}``;
 * anything else (e.g. detectron2's ``DatasetMapper`` or a demo): ``image`` uint8 [3, H, W] at any
@@ -25,7 +28,10 @@ from torch import nn
 # A module import, not `from ... import Class`: the engine imports uniovseg.modeling.* helpers,
 # and uniovseg.modeling's __init__ imports this file, so the engine may be half-initialised here.
 from uniovseg.inference import automatic_mask_generator as amg
+from uniovseg.modeling import region_embedding
+from uniovseg.modeling.alignment import MaskTextAligner
 from uniovseg.modeling.criterion import PromptMaskCriterion
+from uniovseg.modeling.feature_adapter import MultiScaleFeatureAdapter
 from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
 from uniovseg.modeling.segmentation_head import SegmentationHead
 
@@ -56,7 +62,8 @@ def pad_prompt_rows(rows: list[torch.Tensor], width: int) -> tuple[torch.Tensor,
 
 @META_ARCH_REGISTRY.register()
 class UniOVSeg(nn.Module):
-    """Promptable multi-granularity mask generation on a frozen CLIP (stage 1 of Uni-OVSeg)."""
+    """Promptable multi-granularity mask generation on a frozen CLIP (stage 1 of Uni-OVSeg) and,
+    with a feature adapter, mask-text alignment from captions (stage 2)."""
 
     @configurable
     def __init__(
@@ -71,6 +78,9 @@ class UniOVSeg(nn.Module):
         train_prompt_types: tuple[str, ...] = _PROMPT_TYPES,
         test_input_size: int = 1024,
         prompts_per_chunk: int = 100,
+        feature_adapter: MultiScaleFeatureAdapter | None = None,
+        aligner: MaskTextAligner | None = None,
+        train_mask_branch: bool = True,
     ) -> None:
         """
         Args:
@@ -83,6 +93,10 @@ class UniOVSeg(nn.Module):
             test_input_size: Side S of the square padded test input; the longest image side is
                 resized to S (the release's geometry: never cropped).
             prompts_per_chunk: Prompts decoded per call at inference (bounds memory only).
+            feature_adapter: Multi-scale LoRA adapter for region embeddings (stage 2); None is
+                the baseline (raw CLIP mask pooling).
+            aligner: Stage-2 loss on caption batches (needs ``feature_adapter``).
+            train_mask_branch: False freezes the pixel and prompt decoders (stage 2 default).
         """
         super().__init__()
         unknown = set(train_prompt_types) - set(_PROMPT_TYPES)
@@ -104,13 +118,30 @@ class UniOVSeg(nn.Module):
         self.train_prompt_types = tuple(train_prompt_types)
         self.test_input_size = int(test_input_size)
         self.prompts_per_chunk = int(prompts_per_chunk)
+        if aligner is not None and feature_adapter is None:
+            raise ValueError("mask-text alignment trains the feature adapter: pass one")
+        self.feature_adapter = feature_adapter
+        self.aligner = aligner
+        self.train_mask_branch = bool(train_mask_branch)
+        if not self.train_mask_branch:
+            self.sem_seg_head.requires_grad_(False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         backbone = build_backbone(cfg)
+        alignment = cfg.MODEL.UNIOVSEG.ALIGNMENT
+        stage2 = {}
+        if alignment.ENABLED:
+            dense_channels = backbone.output_shape()["clip_vis_dense"].channels
+            stage2 = {
+                "feature_adapter": MultiScaleFeatureAdapter(cfg, dense_channels),
+                "aligner": MaskTextAligner(cfg),
+                "train_mask_branch": alignment.TRAIN_MASK_BRANCH,
+            }
         return {
+            **stage2,
             "backbone": backbone,
             "sem_seg_head": SegmentationHead(cfg, backbone.output_shape()),
             "criterion": PromptMaskCriterion(cfg),
@@ -128,7 +159,8 @@ class UniOVSeg(nn.Module):
 
     # ------------------------------------------------------------------ shared steps
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8/float [3, H, W] RGB in 0-255 -> normalised float [3, H, W] on the model's device."""
+        """uint8/float [3, H, W] RGB in 0-255 -> normalised float [3, H, W] on the model's
+        device."""
         return (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
 
     def encode_images(self, images: torch.Tensor) -> PixelDecoderOutput:
@@ -173,7 +205,24 @@ class UniOVSeg(nn.Module):
         return self.inference(batched_inputs)
 
     def forward_train(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
-        """SA1BDatasetMapper outputs -> dict of weighted losses (sum them)."""
+        """Training examples -> dict of weighted losses (sum them): mask losses for image-mask
+        examples (``gt_masks``), the alignment loss for caption examples (``entities``)."""
+        caption_inputs = [x for x in batched_inputs if "entities" in x]
+        mask_inputs = [x for x in batched_inputs if "entities" not in x]
+        losses = {}
+        if mask_inputs:
+            losses.update(self.mask_losses(mask_inputs))
+        if caption_inputs:
+            losses.update(self.alignment_losses(caption_inputs))
+        return losses
+
+    def mask_losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """SA1BDatasetMapper outputs -> stage-1 losses (promptable mask generation)."""
+        if not self.train_mask_branch:
+            raise ValueError(
+                "got image-mask training examples but the mask branch is frozen: set "
+                "MODEL.UNIOVSEG.ALIGNMENT.TRAIN_MASK_BRANCH True to continue the mask losses"
+            )
         images = torch.stack([self.normalize(x["image"]) for x in batched_inputs])
         input_size = tuple(images.shape[-2:])
         targets = [
@@ -207,6 +256,72 @@ class UniOVSeg(nn.Module):
             zero = sum(p.sum() * 0.0 for p in self.sem_seg_head.parameters())
             losses = {"loss_mask_bce_point": zero}
         return losses
+
+    def alignment_losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """CaptionDatasetMapper outputs -> ``{"loss_align"}`` (paper Eq. 8, see
+        :class:`~uniovseg.modeling.alignment.MaskTextAligner`)."""
+        if self.aligner is None:
+            raise ValueError(
+                "got caption training examples but mask-text alignment is off: set "
+                "MODEL.UNIOVSEG.ALIGNMENT.ENABLED True (see configs/stage2/)"
+            )
+        images = torch.stack([self.normalize(x["image"]) for x in batched_inputs])
+        input_size = tuple(images.shape[-2:])
+        features = self.backbone(images)
+        with torch.no_grad():  # masks and adapter inputs: the alignment loss trains the adapter
+            pixel_features = self.sem_seg_head.forward_features(features)
+
+        def decode_points(features_b: PixelDecoderOutput, point_coords: torch.Tensor):
+            out = self.decode_prompts(
+                features_b, point_coords, prompt_type="point", input_size=input_size
+            )
+            return out.mask_logits, out.iou_logits
+
+        return self.aligner(
+            backbone=self.backbone,
+            images=images,
+            clip_dense=features["clip_vis_dense"],
+            pixel_features=pixel_features,
+            valid_sizes=[tuple(x.get("image_size", input_size)) for x in batched_inputs],
+            entities=[list(x["entities"]) for x in batched_inputs],
+            decode_points=decode_points,
+            adapter=self.feature_adapter,
+        )
+
+    def region_embeddings(
+        self,
+        clip_dense: torch.Tensor,
+        pixel_features: PixelDecoderOutput,
+        masks: torch.Tensor,
+        *,
+        use_adapter: bool = True,
+    ) -> torch.Tensor:
+        """Normalised CLIP-space embeddings of one image's masks, for open-vocabulary
+        classification: ``r'_i`` (paper App. A) when the model has a feature adapter, else the
+        baseline ``r_i`` (Eq. 5, raw CLIP mask pooling).
+
+        Args:
+            clip_dense: [1, C, h, w] (or [C, h, w]) ``clip_vis_dense`` of the padded input.
+            pixel_features: The pixel decoder's output for the same input (batch of 1).
+            masks: [K, H, W] soft (or 0/1) masks in [0, 1] over the same padded input frame,
+                any resolution (e.g. ``AutomaticMaskResult.mask_logits_lowres.sigmoid()``).
+            use_adapter: False gives the baseline even when an adapter exists.
+
+        Returns:
+            [K, D] L2-normalised region embeddings.
+        """
+        if clip_dense.dim() == 3:
+            clip_dense = clip_dense[None]
+        adapter = self.feature_adapter if use_adapter else None
+        return region_embedding.embed_regions(
+            self.backbone,
+            clip_dense,
+            masks[None].to(clip_dense.dtype),
+            adapter=adapter,
+            adapter_features=(
+                adapter.select_features(pixel_features) if adapter is not None else None
+            ),
+        )[0]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -247,7 +362,10 @@ class UniOVSeg(nn.Module):
     def generate_automatic_masks(self, x: dict) -> dict:
         """One image dict -> {"automatic_masks": AutomaticMaskResult, "instances": Instances}."""
         image = x["image"]
-        original_size = (int(x.get("height", image.shape[-2])), int(x.get("width", image.shape[-1])))
+        original_size = (
+            int(x.get("height", image.shape[-2])),
+            int(x.get("width", image.shape[-1])),
+        )
         images, valid_size = self.resize_for_test(image)
         input_size = tuple(images.shape[-2:])
         pixel_features = self.encode_images(images)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Adds entity phrases to a caption manifest (JSON lines), offline.
+
+Each row gets ``"entities": [...]`` parsed from its refined caption when present (else its
+caption) by the chosen parser (see uniovseg/data/entity_extraction.py). Rows that already have
+entities (e.g. from ChatGPT/LLaVA, as in the paper) keep them unless --overwrite. Train with
+``INPUT.UNIOVSEG.CAPTION.ENTITY_SOURCE manifest`` to use the written entities as they are::
+
+    python tools/extract_entities.py --manifest captions.jsonl --output captions_entities.jsonl
+    python tools/extract_entities.py --manifest captions.jsonl --output out.jsonl \
+        --parser spacy --spacy-model en_core_web_sm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from uniovseg.data.entity_extraction import (
+    PARSER_NAMES,
+    build_entity_parser,
+    write_manifest_entities,
+)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="input JSON-lines caption manifest")
+    parser.add_argument("--output", required=True, help="output manifest (may be the input)")
+    parser.add_argument("--parser", choices=PARSER_NAMES, default="rule")
+    parser.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy pipeline package")
+    parser.add_argument("--max-words", type=int, default=4, help="words kept per entity")
+    parser.add_argument("--max-entities", type=int, default=0, help="entities per row (0: all)")
+    parser.add_argument(
+        "--caption-only", action="store_true", help="ignore refined_caption, parse caption"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="re-parse rows that already have entities"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    entity_parser = build_entity_parser(
+        args.parser,
+        spacy_model=args.spacy_model,
+        max_words=args.max_words,
+        max_entities=args.max_entities,
+    )
+    counts = write_manifest_entities(
+        args.manifest,
+        args.output,
+        entity_parser,
+        use_refined=not args.caption_only,
+        overwrite=args.overwrite,
+    )
+    summary = {
+        "output": args.output,
+        **{k: counts.get(k, 0) for k in ("parsed", "kept", "empty", "copied")},
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

