@@ -44,8 +44,7 @@ def main(args):
         )
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
-            from uniovseg.evaluation.results_table import format_run_results
-            from uniovseg.evaluation.results_table import normalize_test_results
+            from uniovseg.evaluation.results_table import format_run_results, normalize_test_results
 
             table = format_run_results(normalize_test_results(results, cfg.DATASETS.TEST))
             logging.getLogger("uniovseg").info("Results in the paper's layout:\n%s", table)

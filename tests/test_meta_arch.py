@@ -117,3 +117,30 @@ def test_invalid_settings_are_refused(cfg):
     bad.MODEL.UNIOVSEG.TEST.INPUT_SIZE = 100
     with pytest.raises(ValueError, match="multiple of 32"):
         build_model(bad)
+
+
+def test_open_vocabulary_outputs_at_the_original_size(cfg):
+    cfg = cfg.clone()
+    cfg.MODEL.UNIOVSEG.AUTOMATIC.PRED_IOU_THRESH = 0.0
+    cfg.MODEL.UNIOVSEG.AUTOMATIC.STABILITY_SCORE_THRESH = 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.set_vocabulary("cat; dog, puppy; sky", thing_classes=[0, 1])
+    image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+    (output,) = model([{"image": image, "height": 120, "width": 180}])
+    num_masks = len(output["automatic_masks"])
+    assert num_masks > 0
+    assert output["sem_seg"].shape == (3, 120, 180)
+    panoptic, segments = output["panoptic_seg"]
+    assert panoptic.shape == (120, 180)
+    assert {s["category_id"] for s in segments} <= {0, 1, 2}
+    assert set(panoptic.unique().tolist()) <= {0} | {s["id"] for s in segments}
+    assert output["mask_class_probs"].shape == (num_masks, 3)
+    assert output["instances"].pred_classes.shape == (num_masks,)
+
+
+def test_empty_vocabulary_is_refused(model):
+    with pytest.raises(ValueError):
+        model.set_vocabulary("")
+    with pytest.raises(ValueError, match="outside"):
+        model.set_vocabulary("cat; dog", thing_classes=[5])

@@ -29,9 +29,7 @@ class Toy(nn.Module):
 
 
 def test_param_groups_follow_the_release_rules():
-    groups = build_param_groups(
-        Toy(), base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1
-    )
+    groups = build_param_groups(Toy(), base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1)
     by_name = {group["name"]: group for group in groups}
     assert "backbone.frozen.weight" not in by_name  # frozen parameters are left out
     assert by_name["backbone.adapter.weight"]["lr"] == 1e-4 * 0.1
@@ -44,9 +42,7 @@ def test_param_groups_follow_the_release_rules():
 
 def test_full_model_clipping_bounds_the_global_norm():
     layer = nn.Linear(4, 4, bias=False)
-    optimizer = FullModelClippedAdamW(
-        [{"params": [layer.weight]}], lr=0.0, clip_max_norm=1.0
-    )
+    optimizer = FullModelClippedAdamW([{"params": [layer.weight]}], lr=0.0, clip_max_norm=1.0)
     layer.weight.grad = torch.full_like(layer.weight, 10.0)
     optimizer.step()
     assert torch.linalg.vector_norm(layer.weight.grad) <= 1.0 + 1e-5

@@ -238,6 +238,9 @@ def _add_meta_arch_config(cfg: CN) -> None:
     cfg.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES = ["point", "box"]
     # Prompts decoded per call at inference time (bounds memory; never changes results).
     cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK = 100
+    # Open-vocabulary outputs computed when a vocabulary is set ("sem_seg", "panoptic_seg");
+    # evaluation narrows this to what the dataset's evaluator needs.
+    cfg.MODEL.UNIOVSEG.TEST.OPEN_VOCAB_OUTPUTS = ["sem_seg", "panoptic_seg"]
     # DistributedDataParallel(find_unused_parameters=...): a batch without box prompts leaves the
     # single-mask token's heads without gradient; True tolerates that at a small cost.
     cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = True

@@ -132,11 +132,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     clipping = cfg.SOLVER.CLIP_GRADIENTS
     if clipping.ENABLED and clipping.CLIP_TYPE != "full_model":
         raise ValueError(
-            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clipping.CLIP_TYPE!r}: only 'full_model' is supported"
+            f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE={clipping.CLIP_TYPE!r}: only 'full_model' is "
+            "supported"
         )
     max_norm = clipping.CLIP_VALUE if clipping.ENABLED else 0.0
     num_trainable = sum(group["params"][0].numel() for group in groups)
-    logger.info("Optimizing %d tensors (%.2f M values) with AdamW", len(groups), num_trainable / 1e6)
+    logger.info(
+        "Optimizing %d tensors (%.2f M values) with AdamW", len(groups), num_trainable / 1e6
+    )
     return FullModelClippedAdamW(
         groups, lr=cfg.SOLVER.BASE_LR, betas=(0.9, 0.999), clip_max_norm=max_norm
     )

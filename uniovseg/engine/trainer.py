@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from collections import OrderedDict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -30,9 +31,13 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemS
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from uniovseg.data.test_image_mapper import TestImageMapper
 from uniovseg.engine.optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
+
+# Evaluators whose datasets are labelled with a vocabulary the model must classify into.
+_OPEN_VOCAB_EVALUATORS = ("sem_seg", "coco_panoptic_seg")
 
 
 def build_train_mapper(cfg):
@@ -104,7 +109,8 @@ def build_test_mapper(cfg, dataset_name: str):
         from uniovseg.data.promptable_eval_mapper import PromptableEvalMapper
 
         return PromptableEvalMapper(cfg)
-    return None  # detectron2's DatasetMapper with the test-time resize
+    # The model resizes and pads test images itself (longest side to TEST.INPUT_SIZE).
+    return TestImageMapper()
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
@@ -182,3 +188,28 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates on each of ``cfg.DATASETS.TEST``, giving the model each dataset's vocabulary
+        and thing classes first (open-vocabulary: the classes change per benchmark).
+
+        Returns:
+            {dataset name: {task: {metric: value}}}, one entry per dataset.
+        """
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(
+                f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets"
+            )
+        unwrapped = model.module if hasattr(model, "module") else model
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            metadata = MetadataCatalog.get(dataset_name)
+            if metadata.get("evaluator_type", None) in _OPEN_VOCAB_EVALUATORS:
+                unwrapped.set_dataset_metadata(metadata)
+            single = cfg.clone()
+            single.defrost()
+            single.DATASETS.TEST = (dataset_name,)
+            chosen = None if evaluators is None else [evaluators[index]]
+            results[dataset_name] = super().test(single, model, evaluators=chosen)
+        return results

@@ -13,7 +13,11 @@ It follows detectron2's contract: ``model(list[dict]) -> dict of losses`` in tra
   the output is ``{"prompt_eval": {"point_masks", "point_iou", "box_masks"}}``;
 * anything else (e.g. detectron2's ``DatasetMapper`` or a demo): ``image`` uint8 [3, H, W] at any
   size, optional ``height``/``width``; automatic mask generation from a point grid, output
-  ``{"automatic_masks": AutomaticMaskResult, "instances": Instances}`` at (height, width).
+  ``{"automatic_masks": AutomaticMaskResult, "instances": Instances}`` at (height, width), plus,
+  when a vocabulary is set (``set_vocabulary`` / ``set_dataset_metadata``), ``sem_seg`` and/or
+  ``panoptic_seg`` in detectron2's formats and ``instances.pred_classes``
+  (:class:`~uniovseg.modeling.open_vocab_inference.OpenVocabInference`). One backbone pass serves
+  mask generation and classification.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from uniovseg.modeling import region_embedding
 from uniovseg.modeling.alignment import MaskTextAligner
 from uniovseg.modeling.criterion import PromptMaskCriterion
 from uniovseg.modeling.feature_adapter import MultiScaleFeatureAdapter
+from uniovseg.modeling.open_vocab_inference import OpenVocabInference
 from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
 from uniovseg.modeling.segmentation_head import SegmentationHead
 
@@ -81,6 +86,7 @@ class UniOVSeg(nn.Module):
         feature_adapter: MultiScaleFeatureAdapter | None = None,
         aligner: MaskTextAligner | None = None,
         train_mask_branch: bool = True,
+        open_vocab: OpenVocabInference | None = None,
     ) -> None:
         """
         Args:
@@ -97,6 +103,8 @@ class UniOVSeg(nn.Module):
                 the baseline (raw CLIP mask pooling).
             aligner: Stage-2 loss on caption batches (needs ``feature_adapter``).
             train_mask_branch: False freezes the pixel and prompt decoders (stage 2 default).
+            open_vocab: Classification of automatic masks with a vocabulary (semantic and
+                panoptic outputs); None: class-agnostic masks only.
         """
         super().__init__()
         unknown = set(train_prompt_types) - set(_PROMPT_TYPES)
@@ -123,6 +131,8 @@ class UniOVSeg(nn.Module):
         self.feature_adapter = feature_adapter
         self.aligner = aligner
         self.train_mask_branch = bool(train_mask_branch)
+        # A plain object, not a module: it holds no parameters (text embeddings are a cache).
+        self.open_vocab = open_vocab
         if not self.train_mask_branch:
             self.sem_seg_head.requires_grad_(False)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -151,11 +161,27 @@ class UniOVSeg(nn.Module):
             "train_prompt_types": tuple(cfg.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES),
             "test_input_size": cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE,
             "prompts_per_chunk": cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK,
+            "open_vocab": OpenVocabInference(cfg, text_encoder=backbone),
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def set_vocabulary(self, vocabulary, *, thing_classes=()) -> None:
+        """Classes for open-vocabulary output: a packaged name (e.g. "ade20k_150"), a file, an
+        inline "cat; dog, puppy; sky" string or a list; ``thing_classes`` are the indices that
+        panoptic output keeps as separate instances."""
+        self._require_open_vocab().set_vocabulary(vocabulary, thing_classes=thing_classes)
+
+    def set_dataset_metadata(self, metadata) -> None:
+        """Vocabulary, thing classes and needed outputs from a dataset's metadata."""
+        self._require_open_vocab().set_metadata(metadata)
+
+    def _require_open_vocab(self) -> OpenVocabInference:
+        if self.open_vocab is None:
+            raise ValueError("this model was built without open-vocabulary inference")
+        return self.open_vocab
 
     # ------------------------------------------------------------------ shared steps
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
@@ -368,7 +394,8 @@ class UniOVSeg(nn.Module):
         )
         images, valid_size = self.resize_for_test(image)
         input_size = tuple(images.shape[-2:])
-        pixel_features = self.encode_images(images)
+        features = self.backbone(images)
+        pixel_features = self.sem_seg_head.forward_features(features)
 
         def predict(point_coords: torch.Tensor):
             out = self.decode_prompts(
@@ -383,7 +410,18 @@ class UniOVSeg(nn.Module):
             original_size=original_size,
             device=self.device,
         )
-        return {"automatic_masks": result, "instances": automatic_result_to_instances(result)}
+        output = {"automatic_masks": result, "instances": automatic_result_to_instances(result)}
+        if self.open_vocab is not None and self.open_vocab.enabled:
+            region_embeds = self.region_embeddings(
+                features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
+            )
+            output.update(
+                self.open_vocab(result, region_embeds, valid_size=valid_size, input_size=input_size)
+            )
+            class_probs = output["mask_class_probs"]
+            output["instances"].pred_classes = class_probs.argmax(dim=1)
+            output["instances"].class_scores = class_probs.max(dim=1).values
+        return output
 
     def predict_prompts_for_evaluation(self, x: dict) -> dict[str, torch.Tensor]:
         """PromptableEvalMapper output -> masks in the resized valid frame.

@@ -1,0 +1,162 @@
+"""Open-vocabulary inference (paper Sec. 3.3 "Open-vocabulary inference"): the masks of the
+point grid are embedded in CLIP space (through the feature adapter when the model has one),
+classified against the text embeddings of a vocabulary, and assembled into detectron2's
+``sem_seg`` and ``panoptic_seg`` outputs at the original image size.
+
+The vocabulary and the thing classes come from a dataset's metadata (``set_metadata``, called by
+the trainer before each evaluation dataset) or are set directly (``set_vocabulary``, used by the
+demo and the Python API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from detectron2.config import configurable
+
+from uniovseg.modeling.open_vocab_postprocessing import (
+    OpenVocabPostprocessor,
+    resize_mask_logits,
+    thing_classes_from_metadata,
+)
+from uniovseg.modeling.text_classifier import TextClassifier
+
+if TYPE_CHECKING:
+    from uniovseg.inference.automatic_mask_generator import AutomaticMaskResult
+
+_OUTPUTS = ("sem_seg", "panoptic_seg")
+# Which outputs each evaluator needs: computing only those saves time and memory (a
+# [C, H, W] semantic map for 847 classes at 800 x 1333 is 3.6 GB).
+_OUTPUTS_BY_EVALUATOR = {"sem_seg": ("sem_seg",), "coco_panoptic_seg": ("panoptic_seg",)}
+
+
+class OpenVocabInference:
+    """Classifies automatic masks with a vocabulary and assembles semantic/panoptic outputs."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        text_classifier: TextClassifier,
+        postprocessor: OpenVocabPostprocessor,
+        vocabulary: str | Sequence[str] = "",
+        thing_classes: Collection[int] = (),
+        outputs: Sequence[str] = _OUTPUTS,
+    ) -> None:
+        """
+        Args:
+            text_classifier: Vocabulary -> cached text embeddings -> region logits.
+            postprocessor: Semantic and panoptic assembly with the configured thresholds.
+            vocabulary: Default vocabulary (a packaged name, a file, an inline "a; b" string or a
+                list of class entries); empty: none until ``set_vocabulary``/``set_metadata``.
+            thing_classes: Contiguous indices of the vocabulary's "thing" classes (panoptic:
+                one segment per mask; other classes are stuff, merged per class).
+            outputs: Subset of ("sem_seg", "panoptic_seg") to compute.
+        """
+        self.text_classifier = text_classifier
+        self.postprocessor = postprocessor
+        self.thing_classes: set[int] = set()
+        self.set_outputs(outputs)
+        if vocabulary:
+            self.set_vocabulary(vocabulary, thing_classes=thing_classes)
+
+    @classmethod
+    def from_config(cls, cfg, text_encoder) -> dict:
+        return {
+            "text_classifier": TextClassifier(cfg, text_encoder=text_encoder),
+            "postprocessor": OpenVocabPostprocessor(cfg),
+            "vocabulary": cfg.MODEL.UNIOVSEG.OPEN_VOCAB.VOCABULARY,
+            "outputs": tuple(cfg.MODEL.UNIOVSEG.TEST.OPEN_VOCAB_OUTPUTS),
+        }
+
+    @property
+    def enabled(self) -> bool:
+        """True when a vocabulary is set and at least one output is requested."""
+        return self.text_classifier.num_classes > 0 and bool(self.outputs)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The current vocabulary's class entries (synonyms comma-separated)."""
+        return self.text_classifier.vocabulary
+
+    def set_outputs(self, outputs: Sequence[str]) -> None:
+        unknown = set(outputs) - set(_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown open-vocabulary outputs {sorted(unknown)}; use {_OUTPUTS}")
+        self.outputs = tuple(outputs)
+
+    def set_vocabulary(
+        self, vocabulary: str | Sequence[str], *, thing_classes: Collection[int] = ()
+    ) -> None:
+        """Sets the classes (validated now, so a bad vocabulary fails before any image).
+
+        Args:
+            vocabulary: Packaged name, file, inline "cat; dog, puppy" string or list of entries.
+            thing_classes: Indices of thing classes for panoptic output (default: none, every
+                class is stuff).
+        """
+        num_classes = len(self.text_classifier.set_vocabulary(vocabulary))
+        bad = [c for c in thing_classes if not 0 <= int(c) < num_classes]
+        if bad:
+            raise ValueError(f"thing class indices {bad} are outside the {num_classes} classes")
+        self.thing_classes = {int(c) for c in thing_classes}
+
+    def set_metadata(self, metadata) -> None:
+        """Takes vocabulary, thing classes and needed outputs from a dataset's metadata
+        (``vocabulary`` key, else ``stuff_classes``; ``thing_dataset_id_to_contiguous_id``;
+        ``evaluator_type``)."""
+        vocabulary = metadata.get("vocabulary", None) or metadata.get("stuff_classes", None)
+        if not vocabulary:
+            raise ValueError(
+                f"dataset {metadata.name!r} has neither a 'vocabulary' nor 'stuff_classes' in its "
+                "metadata: open-vocabulary evaluation needs class names"
+            )
+        evaluator_type = metadata.get("evaluator_type", None)
+        if evaluator_type in _OUTPUTS_BY_EVALUATOR:
+            self.set_outputs(_OUTPUTS_BY_EVALUATOR[evaluator_type])
+        self.set_vocabulary(vocabulary, thing_classes=thing_classes_from_metadata(metadata))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        result: AutomaticMaskResult,
+        region_embeds: torch.Tensor,
+        *,
+        valid_size: tuple[int, int],
+        input_size: tuple[int, int],
+    ) -> dict:
+        """
+        Args:
+            result: The automatic masks of one image (``mask_logits_lowres`` cover the padded
+                input; ``iou_scores`` are their quality).
+            region_embeds: [K, D] embeddings of those masks in CLIP space.
+            valid_size: (h, w) of the resized image inside the padded input.
+            input_size: (S_h, S_w) of the padded input.
+
+        Returns:
+            Any of ``sem_seg`` float [C, H0, W0] and ``panoptic_seg`` (int32 [H0, W0],
+            segments_info), plus ``mask_class_probs`` [K, C].
+        """
+        classification = self.text_classifier.predict(region_embeds)
+        mask_probs = resize_mask_logits(
+            result.mask_logits_lowres,
+            input_size=valid_size,
+            output_size=result.original_size,
+            padded_size=input_size,
+        ).sigmoid()
+        outputs = {"mask_class_probs": classification.probs}
+        if "sem_seg" in self.outputs:
+            outputs["sem_seg"] = self.postprocessor.semantic(
+                mask_probs, classification.probs, mask_scores=result.iou_scores
+            )
+        if "panoptic_seg" in self.outputs:
+            outputs["panoptic_seg"] = self.postprocessor.panoptic(
+                mask_probs,
+                classification.probs,
+                thing_classes=self.thing_classes,
+                mask_scores=result.iou_scores,
+                void_probs=classification.void_probs,
+            )
+        return outputs
