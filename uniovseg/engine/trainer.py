@@ -24,6 +24,7 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.defaults import create_ddp_model
@@ -31,6 +32,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemS
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from uniovseg.data.samplers import ResumableTrainingSampler
 from uniovseg.data.test_image_mapper import TestImageMapper
 from uniovseg.engine.optimizer import build_optimizer
 
@@ -65,6 +67,9 @@ class JointBatchLoader:
         if len(loaders) < 2:
             raise ValueError("JointBatchLoader needs at least two loaders")
         self.loaders = loaders
+        self.resumable_samplers = [
+            sampler for loader in loaders for sampler in getattr(loader, "resumable_samplers", [])
+        ]
 
     def __iter__(self):
         iterators = [iter(loader) for loader in self.loaders]
@@ -75,10 +80,33 @@ class JointBatchLoader:
             yield batch
 
 
+def _resumable_loader(cfg):
+    """detectron2's train loader over ``cfg.DATASETS.TRAIN`` with a resumable sampler (exposed
+    as ``loader.resumable_samplers`` so that ``--resume`` can skip what was already seen)."""
+    dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+    world_size = comm.get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number of "
+            f"processes ({world_size})"
+        )
+    # A fixed seed (SEED when set, else 0) so that a resumed run replays the same stream.
+    sampler = ResumableTrainingSampler(
+        len(dataset),
+        batch_size_per_rank=cfg.SOLVER.IMS_PER_BATCH // world_size,
+        seed=cfg.SEED if cfg.SEED >= 0 else 0,
+    )
+    loader = build_detection_train_loader(
+        cfg, mapper=build_train_mapper(cfg), dataset=dataset, sampler=sampler
+    )
+    loader.resumable_samplers = [sampler]
+    return loader
+
+
 def build_train_loader(cfg):
     """The train loader of ``DATASETS.TRAIN``, joined with an image-mask loader when
     ``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` is set (see the module docstring)."""
-    loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+    loader = _resumable_loader(cfg)
     alignment = cfg.MODEL.UNIOVSEG.ALIGNMENT
     if not alignment.MASK_TRAIN_DATASETS:
         return loader
@@ -98,7 +126,7 @@ def build_train_loader(cfg):
     mask_cfg.SOLVER.IMS_PER_BATCH = alignment.MASK_IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
     mask_cfg.INPUT.DATASET_MAPPER_NAME = "sa1b"
     mask_cfg.freeze()
-    mask_loader = build_detection_train_loader(mask_cfg, mapper=build_train_mapper(mask_cfg))
+    mask_loader = _resumable_loader(mask_cfg)
     return JointBatchLoader(loader, mask_loader)
 
 
@@ -170,6 +198,12 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """As DefaultTrainer's, then moves the data stream past what the resumed run consumed."""
+        super().resume_or_load(resume=resume)
+        for sampler in getattr(self._trainer.data_loader, "resumable_samplers", []):
+            sampler.skip_batches(self.start_iter)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
