@@ -144,3 +144,16 @@ def test_empty_vocabulary_is_refused(model):
         model.set_vocabulary("")
     with pytest.raises(ValueError, match="outside"):
         model.set_vocabulary("cat; dog", thing_classes=[5])
+
+
+def test_open_vocabulary_with_no_surviving_mask_gives_empty_outputs(cfg):
+    cfg = cfg.clone()
+    cfg.MODEL.UNIOVSEG.AUTOMATIC.PRED_IOU_THRESH = 1.1  # nothing can pass
+    model = build_model(cfg).eval()
+    model.set_vocabulary("cat; dog; sky", thing_classes=[0, 1])
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    (output,) = model([{"image": image}])
+    assert len(output["automatic_masks"]) == 0
+    assert output["sem_seg"].shape == (3, 64, 64) and float(output["sem_seg"].abs().sum()) == 0.0
+    panoptic, segments = output["panoptic_seg"]
+    assert segments == [] and int(panoptic.abs().sum()) == 0

@@ -1,0 +1,45 @@
+"""Inference APIs: a segment-anything-shaped predictor and automatic mask generator, image
+reading and drawing helpers.
+
+Exports are resolved lazily (PEP 562): ``uniovseg.modeling.meta_arch`` imports
+``uniovseg.inference.automatic_mask_generator`` while this package initialises, so importing
+the predictor (which imports the modeling package) here would create an import cycle, and
+``import uniovseg.inference`` stays cheap for code that only reads images.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "AutomaticMaskGenerator": "uniovseg.inference.automatic_mask_generator_api",
+    "automatic_records": "uniovseg.inference.automatic_mask_generator_api",
+    "UniOVSegPredictor": "uniovseg.inference.predictor",
+    "PromptPrediction": "uniovseg.inference.predictions",
+    "MaskLabels": "uniovseg.inference.predictions",
+    "SemanticPrediction": "uniovseg.inference.predictions",
+    "PanopticPrediction": "uniovseg.inference.predictions",
+    "ResizeLongestSide": "uniovseg.inference.prompts",
+    "parse_points": "uniovseg.inference.prompts",
+    "parse_boxes": "uniovseg.inference.prompts",
+    "read_image": "uniovseg.inference.image_io",
+    "to_rgb_uint8": "uniovseg.inference.image_io",
+    "ImageReadError": "uniovseg.inference.image_io",
+    "collect_image_paths": "uniovseg.inference.image_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -98,7 +98,7 @@ def project_pooled(backbone, pooled: torch.Tensor) -> torch.Tensor:
     visual = backbone.clip_model.visual
     x = visual.trunk.forward_head(pooled.reshape(batch * num, channels, 1, 1))
     x = visual.head(x.flatten(1))
-    return x.reshape(batch, num, -1)
+    return x.reshape(batch, num, x.shape[-1])  # explicit: num may be 0
 
 
 def embed_regions(

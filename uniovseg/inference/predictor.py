@@ -1,0 +1,656 @@
+"""``UniOVSegPredictor``: segment-anything's ``SamPredictor`` interface for Uni-OVSeg, plus
+open-vocabulary labels, semantic and panoptic outputs.
+
+``set_image`` runs the frozen CLIP backbone and the pixel decoder once; every later call
+(prompted masks, automatic masks, labels, semantic and panoptic maps) reuses those features.
+
+Differences from ``SamPredictor`` that a SAM user should know:
+
+* every point is its own prompt: ``point_coords`` [N, 2] gives N prompts and masks
+  [N, M, H, W] (SAM combines N points into one prompt); one point gives [M, H, W] like SAM;
+* point prompts are positive only: ``point_labels`` is accepted for compatibility and must be
+  all 1 (the model has no negative-point path); points and boxes cannot be combined in one
+  prompt, and mask prompts (``mask_input``) do not exist;
+* points give M = 4 masks (granularities), boxes M = 1 (the single-mask token), whatever
+  ``multimask_output`` says; ``multimask_output=False`` keeps each point's mask with the
+  highest predicted IoU;
+* ``iou_predictions`` are probabilities (sigmoid of the IoU head) and ``low_res_logits`` cover
+  the padded S x S input at stride 4 (S = ``MODEL.UNIOVSEG.TEST.INPUT_SIZE``);
+* :meth:`predict` keeps SAM's 3-tuple; :meth:`predict_with_labels` returns a
+  :class:`PromptPrediction` that adds stability scores and, with a vocabulary, class labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import torch
+
+from uniovseg.data.vocabulary import class_display_names, class_synonyms
+from uniovseg.inference.automatic_mask_generator import (
+    AutomaticMaskGenerationEngine,
+    AutomaticMaskResult,
+)
+from uniovseg.inference.predictions import (
+    UNLABELED,
+    MaskLabels,
+    PanopticPrediction,
+    PromptPrediction,
+    SemanticPrediction,
+)
+from uniovseg.inference.prompts import (
+    ResizeLongestSide,
+    check_point_labels,
+    check_prompts_inside,
+    prompt_rows,
+    reject_mask_input,
+    sam_prompt_arrays,
+)
+from uniovseg.modeling.mask_postprocessing import stability_score
+from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits, semantic_labels
+
+__all__ = [
+    "MaskLabels",
+    "PanopticPrediction",
+    "PromptPrediction",
+    "SemanticPrediction",
+    "UniOVSegPredictor",
+    "thing_class_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+# Masks brought to the original size at a time (bounds float copies to this x H0 x W0).
+_RESIZE_CHUNK = 16
+# Slack for prompts that went through a float rescale into the input frame, in input pixels.
+_FRAME_TOLERANCE = 1e-3
+
+
+class UniOVSegPredictor:
+    """Prompted, automatic and open-vocabulary segmentation of one image at a time.
+
+    Example::
+
+        predictor = UniOVSegPredictor.from_config("configs/stage2/...yaml", weights="model.pth")
+        predictor.set_image(image)                       # uint8 [H, W, 3] RGB, features once
+        masks, ious, _ = predictor.predict(point_coords=np.array([[120, 80]]))  # [4, H, W]
+        predictor.set_vocabulary("cat; dog, puppy; sky")
+        out = predictor.predict_with_labels(boxes=np.array([[10, 20, 200, 180]]))
+        semantic = predictor.predict_semantic()          # labels [H, W], class_names
+    """
+
+    def __init__(self, model) -> None:
+        """
+        Args:
+            model: A :class:`~uniovseg.modeling.meta_arch.UniOVSeg` (its device is used). It
+                should be in eval mode; a model in training mode is switched to eval with a
+                warning.
+        """
+        for needed in ("resize_for_test", "backbone", "sem_seg_head", "decode_prompts"):
+            if not hasattr(model, needed):
+                raise ValueError(
+                    f"UniOVSegPredictor needs a UniOVSeg model (no {needed!r} on "
+                    f"{type(model).__name__}); build one with UniOVSegPredictor.from_config()"
+                )
+        if model.training:
+            warnings.warn(
+                "UniOVSegPredictor got a model in training mode; switching it to eval()",
+                stacklevel=2,
+            )
+            model.eval()
+        self.model = model
+        self.cfg = None
+        self.transform = ResizeLongestSide(model.test_input_size)
+        self.reset_image()
+
+    @classmethod
+    def from_config(
+        cls,
+        config_file: str,
+        weights: str = "",
+        opts: Sequence[str] = (),
+        device: str | None = None,
+    ) -> UniOVSegPredictor:
+        """Builds the model of a config file and loads its weights.
+
+        Args:
+            config_file: A uniovseg YAML config (e.g. ``configs/tiny/stage1_tiny.yaml``).
+            weights: Checkpoint path (overrides ``MODEL.WEIGHTS``); empty: ``MODEL.WEIGHTS``
+                from the config/opts, or none (random decoders, CLIP from
+                ``MODEL.UNIOVSEG.CLIP.PRETRAINED``).
+            opts: ``KEY VALUE`` config overrides, e.g. ``["MODEL.UNIOVSEG.AUTOMATIC.
+                POINTS_PER_SIDE", "32"]``.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: the config's ``MODEL.DEVICE``.
+        """
+        from detectron2.checkpoint import DetectionCheckpointer
+        from detectron2.config import get_cfg
+        from detectron2.modeling import build_model
+
+        import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
+        from uniovseg.config import add_uniovseg_config
+
+        if len(opts) % 2:
+            raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
+        cfg = get_cfg()
+        add_uniovseg_config(cfg)
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+        if device is not None:
+            cfg.MODEL.DEVICE = device
+        if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {cfg.MODEL.DEVICE!r} was requested but CUDA is not available here; "
+                "use device='cpu'"
+            )
+        if weights:
+            cfg.MODEL.WEIGHTS = weights
+        cfg.freeze()
+        model = build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            try:
+                DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            except AssertionError as e:  # fvcore asserts that the file exists
+                raise ValueError(f"cannot load weights {cfg.MODEL.WEIGHTS!r}: {e}") from e
+        model.eval()
+        predictor = cls(model)
+        predictor.cfg = cfg
+        return predictor
+
+    # ------------------------------------------------------------------ image
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._pixel_features is not None
+
+    def reset_image(self) -> None:
+        """Forgets the current image and its features."""
+        self._pixel_features = None
+        self._clip_dense = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self.padded_size: tuple[int, int] | None = None
+        self._automatic_cache: tuple | None = None
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Computes the image's features (CLIP backbone + pixel decoder), once.
+
+        Args:
+            image: uint8 [H, W, 3] array (``image_io.to_rgb_uint8`` converts grayscale, RGBA,
+                16-bit... arrays; ``image_io.read_image`` reads files).
+            image_format: ``"RGB"`` or ``"BGR"`` (OpenCV's channel order).
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"set_image expects a numpy array, got {type(image).__name__}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"set_image expects a uint8 [H, W, 3] array, got {image.dtype} {image.shape}; "
+                "convert it with uniovseg.inference.image_io.to_rgb_uint8(array)"
+            )
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"the image is empty: {image.shape}")
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        self.reset_image()
+        # A private copy: read-only arrays (e.g. from PIL) cannot back a tensor safely.
+        tensor = torch.from_numpy(np.array(image, dtype=np.uint8, order="C")).permute(2, 0, 1)
+        images, valid = self.model.resize_for_test(tensor)
+        original = (int(image.shape[0]), int(image.shape[1]))
+        # The public transform and the model must agree on the resized size.
+        assert tuple(valid) == self.transform.input_size(original), (valid, original)
+        features = self.model.backbone(images)
+        self._pixel_features = self.model.sem_seg_head.forward_features(features)
+        self._clip_dense = features["clip_vis_dense"]
+        self.original_size = original
+        self.input_size = (int(valid[0]), int(valid[1]))
+        self.padded_size = (int(images.shape[-2]), int(images.shape[-1]))
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise ValueError("no image is set: call predictor.set_image(image) first")
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def has_vocabulary(self) -> bool:
+        open_vocab = self.model.open_vocab
+        return open_vocab is not None and open_vocab.text_classifier.num_classes > 0
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Class entries (comma-separated synonyms) of the current vocabulary, or []."""
+        return self.model.open_vocab.text_classifier.vocabulary if self.has_vocabulary else []
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names (first synonyms) of the current vocabulary, or []."""
+        return class_display_names(self.vocabulary)
+
+    def set_vocabulary(
+        self, vocabulary: str | Sequence[str], thing_classes: Collection[int | str] = ()
+    ) -> list[str]:
+        """Sets the classes used by labels, semantic and panoptic outputs.
+
+        Args:
+            vocabulary: A list of class entries (``["cat", "dog, puppy"]``), an inline string
+                (``"cat; dog, puppy; sky"``: ``;`` between classes, ``,`` between synonyms), a
+                packaged name (``"ade20k_150"``) or a file with one class per line.
+            thing_classes: Classes that panoptic output splits into instances, as indices or
+                names (any synonym, case-insensitive); the others are stuff (one segment per
+                class). Default: none.
+
+        Returns:
+            The normalised class entries.
+        """
+        if self.model.open_vocab is None:
+            raise ValueError("this model was built without open-vocabulary inference")
+        from uniovseg.data.vocabulary import resolve_vocabulary
+
+        entries = resolve_vocabulary(vocabulary)
+        self.model.set_vocabulary(
+            entries, thing_classes=thing_class_indices(entries, thing_classes)
+        )
+        return list(entries)
+
+    def _require_vocabulary(self) -> None:
+        if not self.has_vocabulary:
+            raise ValueError(
+                "no vocabulary is set: call predictor.set_vocabulary('cat; dog, puppy; sky') "
+                "(or a packaged name such as 'ade20k_150') first"
+            )
+
+    # ------------------------------------------------------------------ prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        *,
+        boxes: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for point or box prompts in original-image pixels (SamPredictor.predict).
+
+        Args:
+            point_coords: float [N, 2] (x, y) points, one prompt each (or [2] for one point).
+            point_labels: [N] labels, all 1 (positive); None means all positive. Other values
+                raise ValueError: the model has no negative points.
+            box: One XYXY box, [4] or [1, 4] (SAM's single box).
+            mask_input: Unsupported; must be None.
+            multimask_output: Points: True returns the M = 4 granularities, False the one with
+                the highest predicted IoU. Boxes always give one mask.
+            return_logits: Return float32 logits (threshold 0) instead of bool masks.
+            boxes: float [N, 4] XYXY boxes, one prompt each (never squeezed).
+
+        Returns:
+            ``(masks [N, M, H0, W0], iou_predictions [N, M], low_res_logits [N, M, S/4, S/4])``
+            as numpy; N is dropped for one point (``point_coords`` with one row) or ``box``.
+
+        Raises:
+            ValueError: no image set, malformed prompts, points and boxes together, negative
+                labels, a mask prompt, or prompts outside the image; before any computation.
+        """
+        out = self.predict_with_labels(
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            multimask_output,
+            return_logits,
+            boxes=boxes,
+            with_labels=False,
+        )
+        return out.masks, out.iou_predictions, out.low_res_logits
+
+    def predict_with_labels(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        *,
+        boxes: np.ndarray | None = None,
+        with_labels: bool = True,
+        squeeze: bool = True,
+    ) -> PromptPrediction:
+        """:meth:`predict` plus stability scores and, when a vocabulary is set (and
+        ``with_labels``), the class label and probability of every mask.
+
+        Args:
+            squeeze: Drop the leading N for a single prompt as :meth:`predict` does; False
+                always returns [N, M, ...] arrays.
+
+        Returns:
+            A :class:`PromptPrediction` of numpy arrays.
+        """
+        self._require_image()
+        prompt_type, prompts, single = sam_prompt_arrays(point_coords, point_labels, box, boxes)
+        reject_mask_input(mask_input)
+        check_prompts_inside(
+            self.original_size,
+            points=prompts if prompt_type == "point" else None,
+            boxes=prompts if prompt_type == "box" else None,
+        )
+        if prompt_type == "point":
+            input_prompts = self.transform.apply_coords(prompts, self.original_size)
+        else:
+            input_prompts = self.transform.apply_boxes(prompts, self.original_size)
+        outputs = self._predict(
+            prompt_type,
+            torch.as_tensor(input_prompts, device=self.device),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+            with_labels=with_labels and self.has_vocabulary,
+        )
+        arrays = {k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in outputs.items()}
+        if single and squeeze:
+            arrays = {k: (v[0] if isinstance(v, np.ndarray) else v) for k, v in arrays.items()}
+        return PromptPrediction(
+            masks=arrays["masks"],
+            iou_predictions=arrays["iou_predictions"],
+            low_res_logits=arrays["low_res_logits"],
+            stability_scores=arrays["stability_scores"],
+            labels=arrays.get("labels"),
+            scores=arrays.get("scores"),
+            class_names=self.class_names if "labels" in arrays else [],
+        )
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict` on tensors already in the input frame (SamPredictor.predict_torch).
+
+        Map original-image prompts with ``predictor.transform.apply_coords_torch`` /
+        ``apply_boxes_torch`` first.
+
+        Args:
+            point_coords: float [N, 2] or [N, 1, 2] (x, y) input-frame points, one prompt each.
+            point_labels: [N] or [N, 1], all 1; or None.
+            boxes: float [N, 4] or [N, 1, 4] XYXY input-frame boxes, one prompt each.
+            mask_input: Unsupported; must be None.
+            multimask_output, return_logits: As in :meth:`predict`.
+
+        Returns:
+            ``(masks [N, M, H0, W0] bool (or float logits), iou_predictions [N, M],
+            low_res_logits [N, M, S/4, S/4])`` on the model's device; never squeezed.
+        """
+        self._require_image()
+        reject_mask_input(mask_input)
+        if (point_coords is None) == (boxes is None):
+            raise ValueError(
+                "give either point_coords or boxes: each Uni-OVSeg prompt is one point or one box"
+            )
+        if point_coords is not None:
+            prompt_type, width, prompts = "point", 2, point_coords
+            check_point_labels(point_labels, prompt_rows(point_coords, 2, "point_coords"))
+        else:
+            prompt_type, width, prompts = "box", 4, boxes
+        if not torch.is_tensor(prompts):
+            raise ValueError(f"predict_torch expects tensors, got {type(prompts).__name__}")
+        name = "point_coords" if prompt_type == "point" else "boxes"
+        prompt_rows(prompts, width, name)
+        prompts = prompts.reshape(-1, width).to(self.device, torch.float32)
+        check_prompts_inside(
+            self.input_size,
+            points=prompts.cpu().numpy() if prompt_type == "point" else None,
+            boxes=prompts.cpu().numpy() if prompt_type == "box" else None,
+            frame="input frame (the image resized by predictor.transform)",
+            tolerance=_FRAME_TOLERANCE,
+        )
+        out = self._predict(
+            prompt_type,
+            prompts,
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+            with_labels=False,
+        )
+        return out["masks"], out["iou_predictions"], out["low_res_logits"]
+
+    @torch.no_grad()
+    def _predict(
+        self,
+        prompt_type: str,
+        prompts: torch.Tensor,
+        *,
+        multimask_output: bool,
+        return_logits: bool,
+        with_labels: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Validated input-frame prompts [N, 2|4] -> tensors [N, M, ...] (see PromptPrediction)."""
+        lowres, iou_probs = self._decode(prompt_type, prompts)
+        if prompt_type == "point" and not multimask_output and lowres.shape[1] > 1:
+            best = iou_probs.argmax(dim=1)
+            rows = torch.arange(lowres.shape[0], device=lowres.device)
+            lowres, iou_probs = lowres[rows, best][:, None], iou_probs[rows, best][:, None]
+        num, num_outputs = lowres.shape[:2]
+        masks, stability = self._to_original(lowres.flatten(0, 1), return_logits)
+        outputs = {
+            "masks": masks.reshape(num, num_outputs, *self.original_size),
+            "iou_predictions": iou_probs,
+            "low_res_logits": lowres,
+            "stability_scores": stability.reshape(num, num_outputs),
+        }
+        if with_labels:
+            labels, scores = self._classify(lowres.flatten(0, 1))[:2]
+            outputs["labels"] = labels.reshape(num, num_outputs)
+            outputs["scores"] = scores.reshape(num, num_outputs)
+        return outputs
+
+    def _decode(self, prompt_type: str, prompts: torch.Tensor):
+        """[N, 2|4] input-frame prompts -> (low-res logits [N, M, h, w], IoU probs [N, M]);
+        prompts are decoded ``model.prompts_per_chunk`` at a time (memory bound only)."""
+        chunk = max(1, int(self.model.prompts_per_chunk))
+        logits, ious = [], []
+        for start in range(0, prompts.shape[0], chunk):
+            out = self.model.decode_prompts(
+                self._pixel_features,
+                prompts[start : start + chunk][None],
+                prompt_type=prompt_type,
+                input_size=self.padded_size,
+            )
+            logits.append(out.mask_logits[0].float())
+            ious.append(out.iou_logits[0].float().sigmoid())
+        if logits:
+            return torch.cat(logits), torch.cat(ious)
+        encoder = self.model.sem_seg_head.predictor.prompt_encoder
+        num_outputs = encoder.num_multimask_outputs if prompt_type == "point" else 1
+        lowres_size = self._pixel_features.mask_features.shape[-2:]
+        empty = torch.zeros((0, num_outputs, *lowres_size), device=self.device)
+        return empty, torch.zeros((0, num_outputs), device=self.device)
+
+    def _to_original(
+        self, lowres: torch.Tensor, return_logits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[K, h, w] low-res logits -> (masks [K, H0, W0] bool or logits, stability [K])."""
+        engine = self.model.mask_generator
+        dtype = torch.float32 if return_logits else torch.bool
+        masks = torch.zeros((lowres.shape[0], *self.original_size), dtype=dtype, device=self.device)
+        stability = torch.zeros(lowres.shape[0], device=self.device)
+        for start in range(0, lowres.shape[0], _RESIZE_CHUNK):
+            logits = resize_mask_logits(
+                lowres[start : start + _RESIZE_CHUNK],
+                input_size=self.input_size,
+                output_size=self.original_size,
+                padded_size=self.padded_size,
+            )
+            stability[start : start + _RESIZE_CHUNK] = stability_score(
+                logits, engine.stability_score_offset, engine.stability_score_center
+            )
+            masks[start : start + _RESIZE_CHUNK] = logits if return_logits else logits > 0
+        return masks, stability
+
+    # ------------------------------------------------------------------ labels
+    @torch.no_grad()
+    def classify_masks(self, mask_logits_lowres: torch.Tensor) -> MaskLabels:
+        """Open-vocabulary labels of masks of the current image.
+
+        Args:
+            mask_logits_lowres: [K, h, w] logits over the padded input frame, e.g.
+                ``AutomaticMaskResult.mask_logits_lowres`` or ``low_res_logits`` flattened.
+
+        Returns:
+            :class:`MaskLabels` (numpy).
+        """
+        self._require_image()
+        self._require_vocabulary()
+        labels, scores, _ = self._classify(torch.as_tensor(mask_logits_lowres, device=self.device))
+        return MaskLabels(labels.cpu().numpy(), scores.cpu().numpy(), self.class_names)
+
+    def _classify(self, lowres: torch.Tensor):
+        """[K, h, w] logits -> (labels long [K], scores float [K], RegionClassification|None)."""
+        if lowres.dim() != 3:
+            raise ValueError(f"mask logits must be [K, h, w], got {tuple(lowres.shape)}")
+        if lowres.shape[0] == 0:
+            empty = torch.zeros(0, device=self.device)
+            return empty.long(), empty, None
+        embeds = self.model.region_embeddings(
+            self._clip_dense, self._pixel_features, lowres.float().sigmoid()
+        )
+        classification = self.model.open_vocab.text_classifier.predict(embeds)
+        scores, labels = classification.probs.max(dim=1)
+        return labels, scores, classification
+
+    # ------------------------------------------------------------------ automatic
+    @torch.no_grad()
+    def generate_automatic_masks(
+        self, engine: AutomaticMaskGenerationEngine | None = None
+    ) -> AutomaticMaskResult:
+        """Point-grid automatic masks of the current image (cached per engine settings).
+
+        Args:
+            engine: The grid, thresholds and NMS; None: the model's
+                (``MODEL.UNIOVSEG.AUTOMATIC.*``).
+
+        Returns:
+            An :class:`AutomaticMaskResult` (tensors on the model's device).
+        """
+        self._require_image()
+        engine = engine if engine is not None else self.model.mask_generator
+        key = (id(engine), tuple(sorted(vars(engine).items())))
+        if self._automatic_cache is not None and self._automatic_cache[0] == key:
+            return self._automatic_cache[1]
+
+        def predict_fn(point_coords: torch.Tensor):
+            out = self.model.decode_prompts(
+                self._pixel_features,
+                point_coords,
+                prompt_type="point",
+                input_size=self.padded_size,
+            )
+            return out.mask_logits, out.iou_logits
+
+        result = engine.generate(
+            predict_fn,
+            valid_size=self.input_size,
+            input_size=self.padded_size,
+            original_size=self.original_size,
+            device=self.device,
+        )
+        self._automatic_cache = (key, result)
+        return result
+
+    def _automatic_probs(self, engine):
+        """Automatic masks, their classification and probabilities at the original size."""
+        result = self.generate_automatic_masks(engine)
+        _, _, classification = self._classify(result.mask_logits_lowres)
+        mask_probs = resize_mask_logits(
+            result.mask_logits_lowres,
+            input_size=self.input_size,
+            output_size=self.original_size,
+            padded_size=self.padded_size,
+        ).sigmoid()
+        return result, classification, mask_probs
+
+    @torch.no_grad()
+    def predict_semantic(
+        self, engine: AutomaticMaskGenerationEngine | None = None
+    ) -> SemanticPrediction:
+        """Semantic segmentation with the current vocabulary (Mask2Former's semantic inference
+        over the automatic masks, with ``MODEL.UNIOVSEG.OPEN_VOCAB`` settings).
+
+        Returns:
+            :class:`SemanticPrediction`: ``labels`` int64 [H0, W0] class indices (-1 everywhere
+            when no automatic mask was found) and ``class_names``.
+        """
+        self._require_image()
+        self._require_vocabulary()
+        result, classification, mask_probs = self._automatic_probs(engine)
+        if classification is None:
+            labels = torch.full(self.original_size, UNLABELED, dtype=torch.long)
+        else:
+            postprocessor = self.model.open_vocab.postprocessor
+            weights = result.iou_scores if postprocessor.semantic_use_mask_scores else None
+            labels = semantic_labels(mask_probs, classification.probs, mask_scores=weights)
+        return SemanticPrediction(labels.cpu().numpy(), self.class_names)
+
+    @torch.no_grad()
+    def predict_panoptic(
+        self, engine: AutomaticMaskGenerationEngine | None = None
+    ) -> PanopticPrediction:
+        """Panoptic segmentation with the current vocabulary and thing classes (see
+        :meth:`set_vocabulary`), Mask2Former's assembly with ``MODEL.UNIOVSEG.OPEN_VOCAB``
+        thresholds.
+
+        Returns:
+            :class:`PanopticPrediction`: ``panoptic_seg`` int32 [H0, W0] (0 = no segment) and
+            ``segments_info`` (``id``, ``category_id``, ``category``, ``isthing``, ``score``).
+        """
+        self._require_image()
+        self._require_vocabulary()
+        result, classification, mask_probs = self._automatic_probs(engine)
+        names = self.class_names
+        if classification is None:
+            panoptic = np.zeros(self.original_size, dtype=np.int32)
+            return PanopticPrediction(panoptic, [])
+        open_vocab = self.model.open_vocab
+        panoptic_seg, segments_info = open_vocab.postprocessor.panoptic(
+            mask_probs,
+            classification.probs,
+            thing_classes=open_vocab.thing_classes,
+            mask_scores=result.iou_scores,
+            void_probs=classification.void_probs,
+        )
+        segments = [{**s, "category": names[s["category_id"]]} for s in segments_info]
+        return PanopticPrediction(panoptic_seg.cpu().numpy().astype(np.int32), segments)
+
+
+def thing_class_indices(entries: Sequence[str], thing_classes: Collection[int | str]) -> list[int]:
+    """Thing classes given as indices or names (any synonym, case-insensitive) -> indices.
+
+    Raises:
+        ValueError: a name that is not in the vocabulary (the message lists the classes).
+    """
+    by_name: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        for synonym in class_synonyms(entry):
+            by_name.setdefault(synonym.casefold(), index)
+    indices = []
+    for item in thing_classes:
+        if isinstance(item, str):
+            key = " ".join(item.split()).casefold()
+            if key not in by_name:
+                raise ValueError(
+                    f"thing class {item!r} is not in the vocabulary "
+                    f"({', '.join(class_display_names(entries))})"
+                )
+            indices.append(by_name[key])
+        else:
+            indices.append(int(item))
+    return indices
