@@ -10,7 +10,9 @@ Examples:
 On a CPU-only machine `--num-gpus N` starts N processes that talk over gloo.
 """
 
+import json
 import logging
+import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -44,6 +46,10 @@ def main(args):
         )
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
+            # Machine-readable copy for scripts (e.g. the quickstart's final table).
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), "w") as handle:
+                json.dump(results, handle, indent=2, default=float)
             from uniovseg.evaluation.results_table import format_run_results, normalize_test_results
 
             table = format_run_results(normalize_test_results(results, cfg.DATASETS.TEST))
