@@ -324,8 +324,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="output/quickstart", help="where everything goes")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
+    parser.add_argument("--stage1-iters", type=int, help="override the stage-1 iterations")
+    parser.add_argument("--stage2-iters", type=int, help="override the stage-2 iterations")
     args = parser.parse_args()
-    quickstart = Quickstart(args.output, Plan.quick() if args.quick else Plan())
+    plan = Plan.quick() if args.quick else Plan()
+    if args.stage1_iters:
+        plan.stage1_iters = args.stage1_iters
+    if args.stage2_iters:
+        plan.stage2_iters = args.stage2_iters
+    quickstart = Quickstart(args.output, plan)
     quickstart.generate_world()
     quickstart.pretrain_clip()
     quickstart.train_stage1()

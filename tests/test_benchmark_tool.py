@@ -1,0 +1,278 @@
+"""The benchmark suite (tools/benchmark.py, uniovseg.benchmarking): statistics and timers on
+hand-made cases, synthetic inputs, and the report's structure from a tiny run. Never timing
+assertions: those belong to the benchmark's output."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uniovseg.benchmarking import (
+    STAGE_LABELS,
+    PeakMemoryMeter,
+    StageTimer,
+    SuiteSettings,
+    SyntheticMaskLogits,
+    estimate_seconds,
+    plan_items,
+    sa1b_training_example,
+    summarize,
+)
+from uniovseg.benchmarking import timing as timing_module
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_STAGE1 = str(ROOT / "configs" / "tiny" / "stage1_tiny.yaml")
+TINY_STAGE2 = str(ROOT / "configs" / "tiny" / "stage2_tiny.yaml")
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summarize_gives_median_quartiles_and_extremes_in_ms():
+    s = summarize([0.004, 0.001, 0.003, 0.002])
+    assert s["median_ms"] == pytest.approx(2.5)
+    assert (s["min_ms"], s["max_ms"]) == pytest.approx((1.0, 4.0))
+    # inclusive quartiles of 1, 2, 3, 4: 1.75 and 3.25
+    assert (s["q1_ms"], s["q3_ms"], s["iqr_ms"]) == pytest.approx((1.75, 3.25, 1.5))
+    assert s["runs"] == 4 and s["runs_ms"] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    single = summarize([0.01])
+    assert single["iqr_ms"] == 0.0 and single["median_ms"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="repeat"):
+        summarize([])
+
+
+def test_stage_timer_charges_nested_stages_to_themselves_and_accumulates(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 10.5, 20.0, 21.0, 23.0])
+    monkeypatch.setattr(timing_module.time, "perf_counter", lambda: next(clock))
+    timer = StageTimer("cpu")
+    with timer.stage("post"):  # 0 .. 4, of which 1 .. 3 in "decoder"
+        with timer.stage("decoder"):
+            pass
+    with timer.stage("decoder"):  # 10 .. 10.5: accumulates
+        pass
+    assert timer.end_run() == pytest.approx({"post": 2.0, "decoder": 2.5})
+    with timer.stage("post"):  # 20 .. 21
+        pass
+    timer.end_run()
+    summaries = timer.summaries()
+    assert summaries["post"]["runs_ms"] == pytest.approx([1000.0, 2000.0])
+    # a stage absent from a run counts as 0 there
+    assert summaries["decoder"]["runs_ms"] == pytest.approx([0.0, 2500.0])
+    with pytest.raises(RuntimeError):
+        with timer.stage("open"):
+            timer.end_run()
+
+
+class _ScriptedMeter:
+    """A meter whose usage the test sets: ``peak_bytes`` is the highest value set since the
+    last ``reset``."""
+
+    def __init__(self):
+        self.usage = self.peak = 0
+
+    def set(self, usage):
+        self.usage = usage
+        self.peak = max(self.peak, usage)
+
+    def reset(self):
+        self.peak = self.usage
+
+    def peak_bytes(self):
+        return self.peak
+
+
+def test_stage_timer_peak_memory_includes_nested_stages_and_resets_between_stages():
+    meter = _ScriptedMeter()
+    timer = StageTimer("cpu", meter=meter)
+    meter.set(10)
+    with timer.stage("outer"):
+        meter.set(100)
+        with timer.stage("inner"):
+            meter.set(300)
+            meter.set(20)
+        meter.set(50)
+    with timer.stage("later"):  # starts at usage 50, the earlier 300 is not its peak
+        meter.set(70)
+    timer.end_run()
+    assert timer.peak_memory() == {"outer": 300, "inner": 300, "later": 70}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_cpu_peak_memory_sees_a_touched_allocation():
+    meter = PeakMemoryMeter("cpu")
+    meter.reset()
+    before = meter.current_bytes()
+    block = np.ones(64 * 1024**2 // 8)  # 64 MiB, written so it is resident
+    peak = meter.peak_bytes()
+    del block
+    assert peak >= before + 60 * 1024**2
+    assert meter.kind.startswith("process_")
+
+
+def test_synthetic_mask_logits_are_blobs_around_the_prompts_and_pass_the_iou_filter():
+    synthetic = SyntheticMaskLogits(radii=(0.05, 0.2))
+    points = torch.tensor([[[64.0, 64.0], [200.0, 40.0]]])  # input pixels of a 256 frame
+    masks, ious = synthetic(points, num_outputs=2, lowres_size=(64, 64), input_size=(256, 256))
+    assert masks.shape == (1, 2, 2, 64, 64) and ious.shape == (1, 2, 2)
+    assert torch.sigmoid(ious).min() >= 0.619  # the release's predicted-IoU threshold
+    assert masks[0, 0, :, 16, 16].min() > 0  # the prompt (64, 64) -> low-res (16, 16) is inside
+    assert masks[0, 0, :, 63, 63].max() < 0  # a far corner is outside
+    area = (masks[0, 0] > 0).flatten(1).sum(1)
+    assert area[0] < area[1]  # coarser granularity, bigger mask
+    again, _ = synthetic(points, num_outputs=2, lowres_size=(64, 64), input_size=(256, 256))
+    assert torch.equal(masks, again)  # deterministic
+
+
+def test_synthetic_patch_replaces_point_outputs_and_restores_the_method():
+    class FakeModel:
+        def decode_prompts(self, features, prompts, *, prompt_type, input_size):
+            from uniovseg.modeling.mask_decoder import MaskDecoderOutput
+
+            num = 4 if prompt_type == "point" else 1
+            return MaskDecoderOutput(
+                torch.zeros(1, prompts.shape[1], num, 8, 8),
+                torch.zeros(1, prompts.shape[1], num),
+                [],
+            )
+
+    model = FakeModel()
+    points = torch.tensor([[[16.0, 16.0]]])
+    with SyntheticMaskLogits().patch(model):
+        out = model.decode_prompts(None, points, prompt_type="point", input_size=(32, 32))
+        box = model.decode_prompts(None, points, prompt_type="box", input_size=(32, 32))
+    assert out.mask_logits.shape == (1, 1, 4, 8, 8) and out.mask_logits.abs().sum() > 0
+    assert box.mask_logits.abs().sum() == 0  # boxes untouched
+    assert "decode_prompts" not in vars(model)  # the class method is back
+
+
+def test_sa1b_example_has_tight_boxes_and_the_point_grid():
+    example = sa1b_training_example(64, num_masks=5, point_grid_size=3, seed=1)
+    masks, boxes = example["gt_masks"], example["box_prompts"]
+    assert masks.shape == (5, 64, 64) and masks.flatten(1).any(1).all()
+    assert example["point_coords"].shape == (9, 2)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.long().tolist(), strict=True):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_plan_applies_variants_skip_and_only():
+    settings = SuiteSettings(
+        inference_config=TINY_STAGE2,
+        train_configs={"stage1_tiny": TINY_STAGE1, "stage2_tiny": TINY_STAGE2},
+        dtypes=["fp32", "bf16"],
+        compile_modes=[False, True],
+    )
+    names = [item.name for item in plan_items(settings)]
+    assert names[:4] == [
+        "inference[fp32]",
+        "inference[fp32,compile]",
+        "inference[bf16]",
+        "inference[bf16,compile]",
+    ]
+    assert "text_classifier_ade20k_847" in names and "train_stage2_tiny[bf16]" in names
+    settings.skip = ["text_classifier_*", "train_stage2*"]
+    settings.only = ["inference[fp32]", "train_*", "text_*"]
+    assert [item.name for item in plan_items(settings)] == [
+        "inference[fp32]",
+        "train_stage1_tiny[fp32]",
+        "train_stage1_tiny[bf16]",
+    ]
+    assert all(estimate_seconds(i, settings) > 0 for i in plan_items(settings))
+    settings.device = "cuda"
+    assert estimate_seconds(plan_items(settings)[0], settings) is None  # no GPU reference
+
+
+def test_tiny_run_writes_json_and_markdown_with_every_section(tmp_path, capsys):
+    cli = _load_cli()
+    output = tmp_path / "bench.json"
+    code = cli.main(
+        [
+            "--tiny",
+            "--no-isolate",
+            "--repeat", "1",
+            "--warmup", "0",
+            "--images", str(tmp_path / "no-photos-here"),  # -> synthetic image
+            "--num-images", "1",
+            "--image-size", "96",
+            "--text-vocabularies", "ade20k_150",
+            "--text-sample-prompts", "28",
+            "--train-repeat", "1",
+            "--skip", "train_stage2*",
+            "--output", str(output),
+            "MODEL.UNIOVSEG.AUTOMATIC.POINTS_PER_SIDE", "6",  # config overrides go last
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert {"environment", "settings", "items", "targets"} <= set(report)
+    assert report["environment"]["torch"] == torch.__version__
+    assert report["environment"]["torch_threads"] == 2
+    items = report["items"]
+    assert set(items) == {
+        "inference[fp32]",
+        "text_classifier_ade20k_150",
+        "train_stage1_tiny[fp32]",
+    }
+    inference = items["inference[fp32]"]
+    stages = set(STAGE_LABELS)  # with a vocabulary every stage runs
+    assert set(inference["stages"]) == stages
+    assert set(inference["end_to_end"]) == {"automatic", "semantic", "panoptic"}
+    for summary in [*inference["stages"].values(), *inference["end_to_end"].values()]:
+        assert summary["runs"] == 1 and summary["min_ms"] <= summary["median_ms"]
+    assert inference["point_grid"] == "6x6"
+    assert inference["images"][0]["name"].startswith("synthetic")
+    assert max(inference["images"][0]["size"]) == 96
+    (ks,) = inference["num_masks"].values()
+    assert ks[0] > 0  # synthetic masks survive the filters with random weights
+    assert all(v > 0 for v in inference["peak_memory_bytes"].values())
+    assert inference["semantic_over_backbone"] > 0
+    assert "inference[fp32]" in report["targets"]
+    text = items["text_classifier_ade20k_150"]
+    assert text["extrapolated"] and text["prompts"] == 14 * text["synonyms"]
+    assert text["timed_prompts"] >= 28
+    train = items["train_stage1_tiny[fp32]"]
+    assert train["example"] == "sa1b" and train["loss_terms"] > 0
+    assert np.isfinite(train["loss"])
+
+    markdown = output.with_suffix(".md").read_text()
+    for heading in ["| stage |", "| end to end |", "| vocabulary |", "| item | config |"]:
+        assert heading in markdown
+    assert STAGE_LABELS["panoptic_assembly"] in markdown
+    assert markdown in capsys.readouterr().out  # printed at the end
+
+
+def test_isolated_worker_runs_an_item_in_a_fresh_process(tmp_path):
+    cli = _load_cli()
+    output = tmp_path / "bench.json"
+    code = cli.main(
+        [
+            "--tiny",
+            "--only", "text_classifier_ade20k_150",
+            "--warmup", "0",
+            "--text-sample-prompts", "14",
+            "--output", str(output),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    (result,) = json.loads(output.read_text())["items"].values()
+    assert "error" not in result and result["peak_memory_bytes"] > 0
+    assert result["clip_model"] == "uniovseg_tiny_convnext"
+
+
+def test_list_prints_items_with_estimates(capsys):
+    cli = _load_cli()
+    assert cli.main(["--tiny", "--list", "--skip", "text_*,nothing"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "inference[fp32]",
+        "train_stage1_tiny[fp32]",
+        "train_stage2_tiny[fp32]",
+    ]
+    assert all("min" in line for line in lines)

@@ -1,0 +1,318 @@
+"""Per-stage and end-to-end inference timing of :class:`~uniovseg.modeling.meta_arch.UniOVSeg`.
+
+:func:`run_inference_stages` replays ``UniOVSeg.generate_automatic_masks`` (and the
+open-vocabulary step it ends with) through the model's public methods, one timed stage at a time;
+the model's code is not changed. Because the replay could drift from the model's own path, the
+benchmark also times the real ``model([{"image": ...}])`` for each output kind and reports the
+ratio of the per-run stage sums to it (``stage_sum_over_end_to_end``, expected close to 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+from uniovseg.modeling.meta_arch import automatic_result_to_instances
+from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
+
+from .inputs import BenchmarkImage, SyntheticMaskLogits
+from .memory import PeakMemoryMeter
+from .timing import StageTimer, summarize, synchronize
+
+__all__ = [
+    "PATH_STAGES",
+    "STAGE_LABELS",
+    "benchmark_inference",
+    "compile_model",
+    "precision_context",
+    "run_inference_stages",
+]
+
+logger = logging.getLogger(__name__)
+
+# Stage name -> what it covers (the markdown table's first column).
+STAGE_LABELS: dict[str, str] = {
+    "preprocess": "preprocess (resize, normalise, pad)",
+    "backbone": "backbone (frozen CLIP ConvNeXt)",
+    "pixel_decoder": "pixel decoder (deformable encoder + FPN)",
+    "mask_decoder": "prompt + mask decoder (all grid chunks)",
+    "synthetic_mask_logits": "synthetic mask logits (benchmark only, not model cost)",
+    "mask_postprocess": "mask post-processing (filters, stability, NMS, upsampling)",
+    "region_embedding": "region embedding (mask pooling + adapter + projection)",
+    "classification": "classification (text classifier)",
+    "mask_resize": "mask resize to original size (open-vocab)",
+    "semantic_assembly": "semantic assembly",
+    "panoptic_assembly": "panoptic assembly",
+}
+_MASK_STAGES = (
+    "preprocess",
+    "backbone",
+    "pixel_decoder",
+    "mask_decoder",
+    "synthetic_mask_logits",
+    "mask_postprocess",
+)
+_OPEN_VOCAB_STAGES = ("region_embedding", "classification", "mask_resize")
+# The stages each end-to-end output kind runs through.
+PATH_STAGES: dict[str, tuple[str, ...]] = {
+    "automatic": _MASK_STAGES,
+    "semantic": _MASK_STAGES + _OPEN_VOCAB_STAGES + ("semantic_assembly",),
+    "panoptic": _MASK_STAGES + _OPEN_VOCAB_STAGES + ("panoptic_assembly",),
+}
+# Output kind -> OpenVocabInference.outputs for the end-to-end run.
+_OPEN_VOCAB_OUTPUTS = {"automatic": (), "semantic": ("sem_seg",), "panoptic": ("panoptic_seg",)}
+
+
+def precision_context(device: torch.device, dtype: str) -> AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` ("bf16" or "fp16") on ``device``; a no-op for "fp32"."""
+    if dtype == "fp32":
+        return nullcontext()
+    if dtype not in ("bf16", "fp16"):
+        raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    half = torch.bfloat16 if dtype == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=half)
+
+
+def compile_model(model) -> list[str]:
+    """Wraps the heavy modules of a UniOVSeg model in ``torch.compile`` (in place).
+
+    The backbone and the prompt decoder are called as modules (``nn.Module.compile``); the pixel
+    decoder is called through ``forward_features``, whose bound method is replaced by its
+    compiled version. Compilation happens lazily at the first call (the warm-up).
+
+    Returns:
+        The names of the compiled parts.
+    """
+    if not hasattr(torch, "compile"):
+        raise RuntimeError(f"torch {torch.__version__} has no torch.compile")
+    model.backbone.compile()
+    pixel_decoder = model.sem_seg_head.pixel_decoder
+    pixel_decoder.forward_features = torch.compile(pixel_decoder.forward_features)
+    model.sem_seg_head.predictor.compile()
+    return ["backbone", "sem_seg_head.pixel_decoder.forward_features", "sem_seg_head.predictor"]
+
+
+@torch.no_grad()
+def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
+    """One image through the automatic open-vocabulary pipeline, stage by stage.
+
+    Mirrors ``UniOVSeg.generate_automatic_masks`` followed by ``OpenVocabInference.__call__``
+    (both semantic and panoptic assembly run, each timed on its own). The open-vocabulary
+    stages run only when the model has a vocabulary.
+
+    Args:
+        model: A UniOVSeg model in eval mode.
+        image: uint8 [3, H, W] RGB; outputs are at (H, W).
+        timer: Receives the stage times (one call of ``timer.end_run()`` is left to the caller).
+
+    Returns:
+        K, the number of masks the automatic generator kept.
+    """
+    original_size = (int(image.shape[-2]), int(image.shape[-1]))
+    with timer.stage("preprocess"):
+        images, valid_size = model.resize_for_test(image)
+    input_size = tuple(images.shape[-2:])
+    with timer.stage("backbone"):
+        features = model.backbone(images)
+    with timer.stage("pixel_decoder"):
+        pixel_features = model.sem_seg_head.forward_features(features)
+
+    def predict(point_coords: torch.Tensor):
+        with timer.stage("mask_decoder"):
+            out = model.decode_prompts(
+                pixel_features, point_coords, prompt_type="point", input_size=input_size
+            )
+        return out.mask_logits, out.iou_logits
+
+    with timer.stage("mask_postprocess"):
+        result = model.mask_generator.generate(
+            predict,
+            valid_size=valid_size,
+            input_size=input_size,
+            original_size=original_size,
+            device=model.device,
+        )
+        instances = automatic_result_to_instances(result)
+    open_vocab = model.open_vocab
+    if open_vocab is None or open_vocab.text_classifier.num_classes == 0:
+        return len(result)
+    with timer.stage("region_embedding"):
+        region_embeds = model.region_embeddings(
+            features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
+        )
+    with timer.stage("classification"):
+        classification = open_vocab.text_classifier.predict(region_embeds)
+        instances.pred_classes = classification.probs.argmax(dim=1)
+        instances.class_scores = classification.probs.max(dim=1).values
+    with timer.stage("mask_resize"):
+        mask_probs = resize_mask_logits(
+            result.mask_logits_lowres,
+            input_size=valid_size,
+            output_size=result.original_size,
+            padded_size=input_size,
+        ).sigmoid()
+    with timer.stage("semantic_assembly"):
+        semantic = open_vocab.postprocessor.semantic(
+            mask_probs, classification.probs, mask_scores=result.iou_scores
+        )
+    del semantic  # freed before the panoptic stage, as when only one output is requested
+    with timer.stage("panoptic_assembly"):
+        open_vocab.postprocessor.panoptic(
+            mask_probs,
+            classification.probs,
+            thing_classes=open_vocab.thing_classes,
+            mask_scores=result.iou_scores,
+            void_probs=classification.void_probs,
+        )
+    return len(result)
+
+
+def _time_over_images(
+    run_one: Callable[[BenchmarkImage], object],
+    images: Sequence[BenchmarkImage],
+    *,
+    repeat: int,
+    warmup: int,
+    device: torch.device,
+    meter: PeakMemoryMeter,
+) -> tuple[list[float], int]:
+    """``warmup`` untimed runs on the first image, then ``repeat`` rounds over every image.
+
+    Returns:
+        (seconds per timed run, peak memory bytes over the timed runs).
+    """
+    for _ in range(warmup):
+        run_one(images[0])
+    meter.reset()
+    times = []
+    for _ in range(repeat):
+        for image in images:
+            synchronize(device)
+            start = time.perf_counter()
+            run_one(image)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return times, meter.peak_bytes()
+
+
+def benchmark_inference(
+    model,
+    images: Sequence[BenchmarkImage],
+    *,
+    repeat: int,
+    warmup: int,
+    dtype: str = "fp32",
+    synthetic_masks: SyntheticMaskLogits | None = None,
+    meter: PeakMemoryMeter | None = None,
+) -> dict:
+    """Times the inference stages, the backbone alone and each end-to-end output kind.
+
+    Args:
+        model: A UniOVSeg model in eval mode, with a vocabulary for the open-vocabulary outputs.
+        images: The inputs; each timed round runs every image once.
+        repeat: Timed rounds per measurement.
+        warmup: Untimed runs (first image) before each measurement.
+        dtype: "fp32", or "bf16"/"fp16" autocast.
+        synthetic_masks: Replace the decoder's outputs (see :class:`SyntheticMaskLogits`);
+            None keeps the model's own masks.
+        meter: Peak-memory meter of the model's device (created when None).
+
+    Returns:
+        A JSON-ready dict: ``stages`` (stage -> summary, ms), ``stage_peak_memory_bytes``
+        (stage -> highest memory while it ran, nested stages included), ``stage_sums`` (kind ->
+        summary of the per-run sums of its stages), ``end_to_end`` (kind -> summary),
+        ``end_to_end_model_ms`` (kind -> median minus the synthetic-logits stage's median: the
+        model's own cost), ``backbone_alone`` (summary), ``stage_sum_over_end_to_end`` (kind ->
+        ratio of medians), ``semantic_over_backbone`` (semantic model cost over the backbone
+        alone, or None without a vocabulary), ``peak_memory_bytes`` (kind -> bytes, plus
+        ``"stages"``), ``peak_memory_kind`` and ``num_masks`` (image name -> K per timed run).
+    """
+    device = model.device
+    meter = meter or PeakMemoryMeter(device)
+    # Per-stage peaks: the timer resets the meter at every stage boundary.
+    timer = StageTimer(device, meter=meter)
+    open_vocab = model.open_vocab
+    has_vocabulary = open_vocab is not None and open_vocab.text_classifier.num_classes > 0
+    kinds = ["automatic", "semantic", "panoptic"] if has_vocabulary else ["automatic"]
+    num_masks: dict[str, list[int]] = {}
+    patch = synthetic_masks.patch if synthetic_masks is not None else None
+
+    def staged(item: BenchmarkImage) -> None:
+        with precision_context(device, dtype):
+            k = run_inference_stages(model, item.image, timer)
+        num_masks.setdefault(item.name, []).append(k)
+        timer.end_run()
+
+    with patch(model, timer) if patch else nullcontext():
+        _time_over_images(staged, images, repeat=repeat, warmup=warmup, device=device, meter=meter)
+    del timer.records[:warmup], timer.peak_records[:warmup]
+    runs = timer.records
+    stage_peaks = timer.peak_memory()
+    num_masks = {name: ks[-repeat:] for name, ks in num_masks.items()}
+    stage_sums = {
+        kind: summarize([sum(r.get(s, 0.0) for s in PATH_STAGES[kind]) for r in runs])
+        for kind in kinds
+    }
+    logger.info("stages done: %s", {k: round(v["median_ms"]) for k, v in stage_sums.items()})
+
+    padded = [model.resize_for_test(item.image)[0] for item in images]
+    index = {item.name: i for i, item in enumerate(images)}
+
+    @torch.no_grad()
+    def backbone_only(item: BenchmarkImage) -> None:
+        with precision_context(device, dtype):
+            model.backbone(padded[index[item.name]])
+
+    backbone_times, _ = _time_over_images(
+        backbone_only, images, repeat=repeat, warmup=warmup, device=device, meter=meter
+    )
+    padded.clear()  # the padded inputs are not needed any more
+
+    @torch.no_grad()
+    def full(item: BenchmarkImage) -> None:
+        with precision_context(device, dtype):
+            model([{"image": item.image}])
+
+    end_to_end, peaks = {}, {"stages": max(stage_peaks.values())}
+    previous_outputs = open_vocab.outputs if open_vocab is not None else ()
+    try:
+        for kind in kinds:
+            if open_vocab is not None:
+                open_vocab.set_outputs(_OPEN_VOCAB_OUTPUTS[kind])
+            with patch(model) if patch else nullcontext():
+                times, peaks[kind] = _time_over_images(
+                    full, images, repeat=repeat, warmup=warmup, device=device, meter=meter
+                )
+            end_to_end[kind] = summarize(times)
+            logger.info("end to end %s: %.0f ms", kind, end_to_end[kind]["median_ms"])
+    finally:
+        if open_vocab is not None:
+            open_vocab.set_outputs(previous_outputs)
+
+    backbone_alone = summarize(backbone_times)
+    stages = timer.summaries()
+    # The synthetic logits are benchmark scaffolding, not model cost: the model's own end-to-end
+    # time subtracts their median (0 without them).
+    synthetic_ms = stages.get("synthetic_mask_logits", {}).get("median_ms", 0.0)
+    model_ms = {kind: end_to_end[kind]["median_ms"] - synthetic_ms for kind in kinds}
+    return {
+        "stages": stages,
+        "stage_peak_memory_bytes": stage_peaks,
+        "stage_sums": stage_sums,
+        "end_to_end": end_to_end,
+        "end_to_end_model_ms": model_ms,
+        "backbone_alone": backbone_alone,
+        "stage_sum_over_end_to_end": {
+            kind: stage_sums[kind]["median_ms"] / end_to_end[kind]["median_ms"] for kind in kinds
+        },
+        "semantic_over_backbone": (
+            model_ms["semantic"] / backbone_alone["median_ms"] if "semantic" in model_ms else None
+        ),
+        "peak_memory_bytes": peaks,
+        "peak_memory_kind": meter.kind,
+        "num_masks": num_masks,
+    }
