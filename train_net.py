@@ -34,6 +34,8 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uniovseg")
+    # setup_logger enables DEBUG; per-image debug lines would drown the training log.
+    logging.getLogger("uniovseg").setLevel(logging.INFO)
     return cfg
 
 

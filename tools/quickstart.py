@@ -326,12 +326,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test sizes")
     parser.add_argument("--stage1-iters", type=int, help="override the stage-1 iterations")
     parser.add_argument("--stage2-iters", type=int, help="override the stage-2 iterations")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every step"
+    )
     args = parser.parse_args()
     plan = Plan.quick() if args.quick else Plan()
     if args.stage1_iters:
         plan.stage1_iters = args.stage1_iters
     if args.stage2_iters:
         plan.stage2_iters = args.stage2_iters
+    plan.extra_opts = [*plan.extra_opts, *args.opts]
     quickstart = Quickstart(args.output, plan)
     quickstart.generate_world()
     quickstart.pretrain_clip()

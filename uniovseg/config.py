@@ -214,7 +214,7 @@ def _add_inference_config(cfg: CN) -> None:
     # Containment-aware mask NMS: a higher-scored mask removes another whose IoU with it is
     # >= NMS_IOU_THRESH or whose area lies inside it for >= NMS_CONTAINMENT_THRESH.
     a.NMS_IOU_THRESH = 0.5
-    a.NMS_CONTAINMENT_THRESH = 0.7
+    a.NMS_CONTAINMENT_THRESH = 0.7  # > 1 disables the containment rule (keeps nested masks)
     # Resolution of the NMS / stability frame relative to the input (release: 0.5 -> 512 x 512).
     a.NMS_SCALE = 0.5
     # Fill holes and remove islands smaller than this many pixels in every returned mask
