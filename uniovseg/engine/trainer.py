@@ -178,10 +178,13 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        # On CPU (gloo), DDP must get device_ids=None; detectron2 would pass the local rank.
+        on_cpu = next(model.parameters()).device.type == "cpu"
         model = create_ddp_model(
             model,
             broadcast_buffers=False,
             find_unused_parameters=cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS,
+            **({"device_ids": None} if on_cpu else {}),
         )
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not torch.cuda.is_available():
