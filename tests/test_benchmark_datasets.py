@@ -10,6 +10,8 @@ import importlib.util
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,9 +73,21 @@ def _read(path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- registration
 def test_registration_reads_nothing_and_does_not_clash_with_detectron2(tmp_path):
-    import detectron2.data.datasets  # noqa: F401  (detectron2's builtin names)
-
-    builtin = set(DatasetCatalog.list())
+    # detectron2's builtin names, listed in a fresh interpreter: importing uniovseg's dataset
+    # package (done by this test module) registers our names in this one.
+    listing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import detectron2.data.datasets; from detectron2.data import DatasetCatalog; "
+            "print('\\n'.join(DatasetCatalog.list()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    builtin = set(listing.stdout.split())
+    assert "coco_2017_val" in builtin
     names = register_all_benchmarks(str(tmp_path / "missing"), prefix=PREFIX)
     assert names == [PREFIX + n for n in names_in_registration_order()]
     assert sorted(n[len(PREFIX) :] for n in names) == sorted(BENCHMARK_DATASETS)

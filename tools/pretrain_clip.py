@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--warmup-steps",
         type=int,
-        default=50,
+        default=30,
         help="linear warm-up steps (without one the text tower collapses to a single embedding "
         "within ~10 steps at this learning rate)",
     )

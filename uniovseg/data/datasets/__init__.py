@@ -1,18 +1,32 @@
 """Dataset loaders and their detectron2 catalog registration.
 
-Importing this package registers the synthetic world's datasets (``synthetic_*``, see
-:mod:`.synthetic`) from ``$UNIOVSEG_SYNTHETIC_ROOT`` (default ``./datasets/synthetic``). The
-registration is lazy: it reads no file, so it costs nothing when the world was never generated.
+Importing this package registers, lazily (no file is read until a dataset is used):
+
+- the paper's benchmarks (ADE20K-150/847, PASCAL Context-59/459, PASCAL VOC-20/21, COCO panoptic,
+  Cityscapes; see :mod:`.benchmarks` and datasets/README.md) under ``$DETECTRON2_DATASETS``
+  (default ``./datasets``);
+- the synthetic world's datasets (``synthetic_*``, see :mod:`.synthetic`) from
+  ``$UNIOVSEG_SYNTHETIC_ROOT`` (default ``./datasets/synthetic``), plus its promptable view.
 """
 
 import os
 
+from .benchmarks import BENCHMARK_DATASETS, default_datasets_root, register_all_benchmarks
 from .captions import load_caption_manifest, register_caption_dataset
 from .promptable import register_promptable_view
 from .synthetic import register_synthetic_world
 
-__all__ = ["load_caption_manifest", "register_caption_dataset", "register_synthetic_world"]
+__all__ = [
+    "BENCHMARK_DATASETS",
+    "default_datasets_root",
+    "load_caption_manifest",
+    "register_all_benchmarks",
+    "register_caption_dataset",
+    "register_promptable_view",
+    "register_synthetic_world",
+]
 
+register_all_benchmarks()
 register_synthetic_world(
     os.environ.get("UNIOVSEG_SYNTHETIC_ROOT", os.path.join("datasets", "synthetic"))
 )
