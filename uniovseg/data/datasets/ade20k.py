@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import os
 
-from detectron2.data import MetadataCatalog
-
 from .benchmark_registry import (
-    PANOPTIC_LAZY_KEYS,
-    load_panoptic_json,
     load_sem_seg_pairs,
-    panoptic_metadata,
     register_dataset,
+    register_panoptic_dataset,
     vocabulary_metadata,
 )
 
@@ -83,32 +79,13 @@ def register_ade20k_benchmarks(root: str, *, prefix: str = "") -> list[str]:
     pan_root = os.path.join(ade, "ade20k_panoptic_val")
     pan = f"{prefix}ade20k_panoptic_val"
 
-    def load_panoptic() -> list[dict]:
-        return load_panoptic_json(
-            pan_json,
-            pan_root,
-            MetadataCatalog.get(pan),
-            image_file=lambda info: os.path.join(image_dir, info["file_name"]),
-            sem_seg_file=lambda info: os.path.join(
-                sem_dir, os.path.splitext(info["file_name"])[0] + ".png"
-            ),
-        )
-
-    register_dataset(
+    register_panoptic_dataset(
         pan,
-        load_panoptic,
-        {
-            "image_root": image_dir,
-            "panoptic_root": pan_root,
-            "panoptic_json": pan_json,
-            "sem_seg_root": sem_dir,
-            "ignore_label": 255,
-            "label_divisor": 1000,
-            "evaluator_type": "coco_panoptic_seg",
-            "vocabulary": "ade20k_150",
-            "paper_column": "ADE20K",
-        },
-        lazy_loader=panoptic_metadata(pan_json, "ade20k_150"),
-        lazy_keys=PANOPTIC_LAZY_KEYS,
+        image_dir=image_dir,
+        panoptic_json=pan_json,
+        panoptic_root=pan_root,
+        sem_seg_dir=sem_dir,
+        vocabulary="ade20k_150",
+        paper_column="ADE20K",
     )
     return [a150, a847, pan]

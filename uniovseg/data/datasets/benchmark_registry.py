@@ -292,3 +292,51 @@ def load_panoptic_json(
         )
     logger.info("Loaded %d panoptic annotations from %s", len(dicts), panoptic_json)
     return dicts
+
+
+def register_panoptic_dataset(
+    name: str,
+    *,
+    image_dir: str,
+    panoptic_json: str,
+    panoptic_root: str,
+    sem_seg_dir: str,
+    vocabulary: str,
+    paper_column: str,
+) -> str:
+    """Registers a COCO-format panoptic validation set whose images and semantic PNGs share
+    their file stems (COCO, ADE20K); evaluator ``coco_panoptic_seg``, metadata read lazily.
+
+    Returns:
+        ``name``.
+    """
+
+    def load() -> list[dict]:
+        return load_panoptic_json(
+            panoptic_json,
+            panoptic_root,
+            MetadataCatalog.get(name),
+            image_file=lambda info: os.path.join(image_dir, info["file_name"]),
+            sem_seg_file=lambda info: os.path.join(
+                sem_seg_dir, os.path.splitext(info["file_name"])[0] + ".png"
+            ),
+        )
+
+    register_dataset(
+        name,
+        load,
+        {
+            "image_root": image_dir,
+            "panoptic_root": panoptic_root,
+            "panoptic_json": panoptic_json,
+            "sem_seg_root": sem_seg_dir,
+            "ignore_label": 255,
+            "label_divisor": 1000,
+            "evaluator_type": "coco_panoptic_seg",
+            "vocabulary": vocabulary,
+            "paper_column": paper_column,
+        },
+        lazy_loader=panoptic_metadata(panoptic_json, vocabulary),
+        lazy_keys=PANOPTIC_LAZY_KEYS,
+    )
+    return name

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import os
 
-from detectron2.data import MetadataCatalog
-
 from .benchmark_registry import (
-    PANOPTIC_LAZY_KEYS,
-    load_panoptic_json,
     load_sem_seg_pairs,
-    panoptic_metadata,
     register_dataset,
+    register_panoptic_dataset,
     vocabulary_metadata,
 )
 
@@ -45,33 +41,14 @@ def register_coco_benchmarks(root: str, *, prefix: str = "") -> list[str]:
 
     pan = f"{prefix}coco_panoptic_val"
 
-    def load_panoptic() -> list[dict]:
-        return load_panoptic_json(
-            pan_json,
-            pan_root,
-            MetadataCatalog.get(pan),
-            image_file=lambda info: os.path.join(image_dir, info["file_name"]),
-            sem_seg_file=lambda info: os.path.join(
-                sem_dir, os.path.splitext(info["file_name"])[0] + ".png"
-            ),
-        )
-
-    register_dataset(
+    register_panoptic_dataset(
         pan,
-        load_panoptic,
-        {
-            "image_root": image_dir,
-            "panoptic_root": pan_root,
-            "panoptic_json": pan_json,
-            "sem_seg_root": sem_dir,
-            "ignore_label": 255,
-            "label_divisor": 1000,
-            "evaluator_type": "coco_panoptic_seg",
-            "vocabulary": "coco_panoptic_133",
-            "paper_column": "COCO",
-        },
-        lazy_loader=panoptic_metadata(pan_json, "coco_panoptic_133"),
-        lazy_keys=PANOPTIC_LAZY_KEYS,
+        image_dir=image_dir,
+        panoptic_json=pan_json,
+        panoptic_root=pan_root,
+        sem_seg_dir=sem_dir,
+        vocabulary="coco_panoptic_133",
+        paper_column="COCO",
     )
 
     sem = f"{prefix}coco_panoptic_sem_seg_val"
