@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from uniovseg.inference.point_grid import build_point_grid
+
 
 def _synthetic_training_example(size: int) -> dict:
     """One SA1BDatasetMapper-shaped example: two nested squares and a band, a 4x4 point grid."""
@@ -26,8 +28,7 @@ def _synthetic_training_example(size: int) -> dict:
         ],
         dtype=torch.float32,
     )
-    steps = (torch.arange(4, dtype=torch.float32) + 0.5) * size / 4
-    grid = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), dim=-1).reshape(-1, 2)
+    grid = build_point_grid(4, (size, size))
     return {
         "image": torch.randint(0, 256, (3, size, size), dtype=torch.uint8),
         "gt_masks": masks,
