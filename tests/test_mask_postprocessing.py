@@ -7,6 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
+from uniovseg.modeling import mask_postprocessing
 from uniovseg.modeling.mask_postprocessing import (
     encode_masks_rle,
     mask_nms,
@@ -74,7 +75,10 @@ def test_masks_to_boxes_pixel_edges_and_empty():
 # ---------------------------------------------------------------- NMS
 
 
-def test_pairwise_intersections_match_bruteforce_and_chunking():
+@pytest.mark.parametrize("int8_kernel", [True, False], ids=["int8", "float"])
+def test_pairwise_intersections_match_bruteforce_and_chunking(int8_kernel, monkeypatch):
+    if not int8_kernel:  # the float path (GPUs, builds without the int8 CPU kernel)
+        monkeypatch.setattr(mask_postprocessing, "_int8_intersections", lambda a, b: None)
     g = torch.Generator().manual_seed(3)
     masks = torch.rand(6, 9, 11, generator=g) > 0.5
     others = torch.rand(4, 9, 11, generator=g) > 0.3
@@ -84,6 +88,11 @@ def test_pairwise_intersections_match_bruteforce_and_chunking():
         assert torch.equal(pairwise_mask_intersections(masks, chunk_pixels=chunk), expected_self)
         cross = pairwise_mask_intersections(masks, others, chunk_pixels=chunk)
         assert torch.equal(cross, expected_cross)
+        # Non-contiguous inputs (a strided crop) count the same.
+        crop = pairwise_mask_intersections(masks[:, 1:, ::2], others[:, 1:, ::2], chunk)
+        assert torch.equal(
+            crop, (masks[:, 1:, ::2].flatten(1).float() @ others[:, 1:, ::2].flatten(1).float().T)
+        )
     with pytest.raises(ValueError, match="same H, W"):
         pairwise_mask_intersections(masks, others[:, :5])
 

@@ -279,11 +279,15 @@ def test_cross_attention_masks_follow_the_previous_predictions():
             mlp.layers[-1].bias[0] -= shift
     recorded = []
 
-    def record(module, args, kwargs):
-        recorded.append(kwargs["attn_mask"])
+    def recording(attend):
+        def attend_and_record(*args, **kwargs):
+            recorded.append(kwargs["attn_mask"])
+            return attend(*args, **kwargs)
+
+        return attend_and_record
 
     for layer in head.predictor.transformer_cross_attention_layers:
-        layer.register_forward_pre_hook(record, with_kwargs=True)
+        layer.attend_projected = recording(layer.attend_projected)
     pixel = head.forward_features(feats)
     out = head.forward_prompts(pixel, boxes, prompt_type="point", image_size=image_size)
     predictions = [*out.aux_outputs, out]
@@ -329,3 +333,27 @@ def test_cuda_matches_cpu():
     )
     torch.testing.assert_close(out.mask_logits.cpu(), expected.mask_logits, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(out.iou_logits.cpu(), expected.iou_logits, atol=1e-3, rtol=1e-3)
+
+
+def test_prepared_memory_gives_the_same_outputs_for_every_chunk_of_prompts():
+    """Decoding chunks of prompts against one prepared memory equals decoding them all at once
+    from the pixel features (the memory only caches prompt-independent work)."""
+    head = tiny_head(num_layers=3).eval()
+    feats = fake_features(2, 128, 192)
+    boxes, image_size = BOXES * 2, (128, 192)
+    with torch.no_grad():
+        pixel = head.forward_features(feats)
+        whole = head.forward_prompts(pixel, boxes, prompt_type="point", image_size=image_size)
+        memory = head.prepare_prompt_memory(pixel)
+        chunks = [
+            head.forward_prompts(memory, part, prompt_type="point", image_size=image_size)
+            for part in boxes.split(1, dim=1)
+        ]
+    torch.testing.assert_close(
+        torch.cat([c.mask_logits for c in chunks], dim=1), whole.mask_logits, rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.cat([c.iou_logits for c in chunks], dim=1), whole.iou_logits, rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="decoder memory holds"):
+        head.forward_prompts(memory, boxes[:1], prompt_type="point", image_size=image_size)

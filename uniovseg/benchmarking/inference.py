@@ -120,11 +120,13 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
         features = model.backbone(images)
     with timer.stage("pixel_decoder"):
         pixel_features = model.sem_seg_head.forward_features(features)
+    with timer.stage("mask_decoder"):
+        decoder_memory = model.prepare_prompt_decoding(pixel_features)
 
     def predict(point_coords: torch.Tensor):
         with timer.stage("mask_decoder"):
             out = model.decode_prompts(
-                pixel_features, point_coords, prompt_type="point", input_size=input_size
+                decoder_memory, point_coords, prompt_type="point", input_size=input_size
             )
         return out.mask_logits, out.iou_logits
 

@@ -89,7 +89,13 @@ class UniOVSegPredictor:
                 should be in eval mode; a model in training mode is switched to eval with a
                 warning.
         """
-        for needed in ("resize_for_test", "backbone", "sem_seg_head", "decode_prompts"):
+        for needed in (
+            "resize_for_test",
+            "backbone",
+            "sem_seg_head",
+            "prepare_prompt_decoding",
+            "decode_prompts",
+        ):
             if not hasattr(model, needed):
                 raise ValueError(
                     f"UniOVSegPredictor needs a UniOVSeg model (no {needed!r} on "
@@ -171,6 +177,7 @@ class UniOVSegPredictor:
     def reset_image(self) -> None:
         """Forgets the current image and its features."""
         self._pixel_features = None
+        self._decoder_memory = None
         self._clip_dense = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
@@ -208,6 +215,8 @@ class UniOVSegPredictor:
         assert tuple(valid) == self.transform.input_size(original), (valid, original)
         features = self.model.backbone(images)
         self._pixel_features = self.model.sem_seg_head.forward_features(features)
+        # Shared by every chunk of prompts of this image (projected keys and values...).
+        self._decoder_memory = self.model.prepare_prompt_decoding(self._pixel_features)
         self._clip_dense = features["clip_vis_dense"]
         self.original_size = original
         self.input_size = (int(valid[0]), int(valid[1]))
@@ -460,7 +469,7 @@ class UniOVSegPredictor:
         logits, ious = [], []
         for start in range(0, prompts.shape[0], chunk):
             out = self.model.decode_prompts(
-                self._pixel_features,
+                self._decoder_memory,
                 prompts[start : start + chunk][None],
                 prompt_type=prompt_type,
                 input_size=self.padded_size,
@@ -549,7 +558,7 @@ class UniOVSegPredictor:
 
         def predict_fn(point_coords: torch.Tensor):
             out = self.model.decode_prompts(
-                self._pixel_features,
+                self._decoder_memory,
                 point_coords,
                 prompt_type="point",
                 input_size=self.padded_size,

@@ -34,7 +34,13 @@ from .position_encoding import PositionEncoding, build_position_encoding
 from .prompt_encoder import PROMPT_TYPES, PromptEncoder
 from .transformer_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
-__all__ = ["MaskDecoderOutput", "MaskPrediction", "PromptMaskDecoder", "attention_mask_from_logits"]
+__all__ = [
+    "DecoderMemory",
+    "MaskDecoderOutput",
+    "MaskPrediction",
+    "PromptMaskDecoder",
+    "attention_mask_from_logits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,30 @@ class MaskDecoderOutput(NamedTuple):
     mask_logits: torch.Tensor
     iou_logits: torch.Tensor
     aux_outputs: list[MaskPrediction]
+
+
+class DecoderMemory(NamedTuple):
+    """The prompt-independent part of decoding, from :meth:`PromptMaskDecoder.prepare_memory`.
+
+    Everything here depends on the image only, so it is computed once per image and shared by
+    every chunk of prompts (automatic mask generation decodes 400 grid points in chunks; without
+    this cache each chunk re-projected every level's keys and values in every layer).
+
+    Attributes:
+        mask_features: [B, C, H / 4, W / 4] pixel-decoder mask features (the prompt encoder
+            samples content features from them).
+        pixel_embeds: [B, C, H / 4, W / 4] mask features after ``feat_embed``: masks are their
+            dot product with the mask embeddings.
+        level_embeds: ``pixel_embeds`` resized to each attended level, [B, C, h_l, w_l]
+            (attention masks).
+        key_values: Per decoder layer, the (keys, values) of its cross-attention over its level,
+            each [B, heads, h_l * w_l, C / heads].
+    """
+
+    mask_features: torch.Tensor
+    pixel_embeds: torch.Tensor
+    level_embeds: list[torch.Tensor]
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def attention_mask_from_logits(mask_logits: torch.Tensor) -> torch.Tensor:
@@ -188,18 +218,67 @@ class PromptMaskDecoder(nn.Module):
             :class:`MaskDecoderOutput`.
 
         Memory: the cross-attention is over [B, P * T, h * w] with a boolean mask; with many
-        prompts on large inputs, call this on chunks of prompts (prompts are independent).
+        prompts on large inputs, call :meth:`prepare_memory` once and :meth:`decode` on chunks
+        of prompts (prompts are independent).
         """
-        if prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}.")
+        return self.decode(
+            self.prepare_memory(multi_scale_features, mask_features),
+            boxes,
+            prompt_type=prompt_type,
+            image_size=image_size,
+            prompt_valid=prompt_valid,
+            return_aux=return_aux,
+        )
+
+    def prepare_memory(
+        self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor
+    ) -> DecoderMemory:
+        """Pixel-decoder outputs (as in :meth:`forward`) -> :class:`DecoderMemory`."""
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"Expected {self.num_feature_levels} feature levels, got "
                 f"{len(multi_scale_features)}."
             )
+        memories, memory_pos = [], []
+        for level, feature in enumerate(multi_scale_features):
+            memories.append(feature.flatten(2).transpose(1, 2) + self.level_embed.weight[level])
+            memory_pos.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
+        key_values = []
+        for index, layer in enumerate(self.transformer_cross_attention_layers):
+            level = index % self.num_feature_levels
+            key_values.append(layer.project_memory(memories[level], pos=memory_pos[level]))
+        pixel_embeds = self.feat_embed(mask_features)  # [B, C, H / 4, W / 4]
+        # Attention masks are needed at each level's resolution. Bilinear resizing is linear
+        # per channel, so resizing the pixel embeddings and taking the dot product equals
+        # resizing the stride-4 mask logits (the release's recipe), at a fraction of the cost.
+        level_embeds = [
+            F.interpolate(pixel_embeds, size=f.shape[-2:], mode="bilinear", align_corners=False)
+            for f in multi_scale_features
+        ]
+        return DecoderMemory(mask_features, pixel_embeds, level_embeds, key_values)
+
+    def decode(
+        self,
+        memory: DecoderMemory,
+        boxes: torch.Tensor,
+        *,
+        prompt_type: str,
+        image_size: tuple[int, int],
+        prompt_valid: torch.Tensor | None = None,
+        return_aux: bool = True,
+    ) -> MaskDecoderOutput:
+        """Decodes prompts against a :class:`DecoderMemory`; other arguments as
+        :meth:`forward`, whose result this equals."""
+        if prompt_type not in PROMPT_TYPES:
+            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}.")
         if boxes.dim() != 3 or boxes.shape[-1] != 4:
             raise ValueError(f"boxes must be [B, P, 4] XYXY, got {tuple(boxes.shape)}.")
         batch, num_prompts, _ = boxes.shape
+        if batch != memory.mask_features.shape[0]:
+            raise ValueError(
+                f"boxes are for {batch} images but the decoder memory holds "
+                f"{memory.mask_features.shape[0]}."
+            )
         if prompt_valid is not None:
             if prompt_valid.shape != (batch, num_prompts) or prompt_valid.dtype != torch.bool:
                 raise ValueError(
@@ -209,21 +288,8 @@ class PromptMaskDecoder(nn.Module):
             frame = boxes.new_tensor([0.0, 0.0, image_size[1], image_size[0]])
             boxes = torch.where(prompt_valid[..., None], boxes, frame)
 
-        memories, memory_pos = [], []
-        for level, feature in enumerate(multi_scale_features):
-            memories.append(feature.flatten(2).transpose(1, 2) + self.level_embed.weight[level])
-            memory_pos.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
-        pixel_embeds = self.feat_embed(mask_features)  # [B, C, H / 4, W / 4]
-        # Attention masks are needed at each level's resolution. Bilinear resizing is linear
-        # per channel, so resizing the pixel embeddings and taking the dot product equals
-        # resizing the stride-4 mask logits (the release's recipe), at a fraction of the cost.
-        level_embeds = [
-            F.interpolate(pixel_embeds, size=f.shape[-2:], mode="bilinear", align_corners=False)
-            for f in multi_scale_features
-        ]
-
         tokens = self.prompt_encoder(
-            boxes, mask_features, prompt_type=prompt_type, image_size=image_size
+            boxes, memory.mask_features, prompt_type=prompt_type, image_size=image_size
         )
         num_tokens = tokens.shape[2]
         # The initial tokens are also the query positions of every layer (as in the release).
@@ -234,14 +300,16 @@ class PromptMaskDecoder(nn.Module):
         attn_mask = None
         for index in range(self.num_layers + 1):
             if index > 0:
-                level = (index - 1) % self.num_feature_levels
-                x = self.transformer_cross_attention_layers[index - 1](
-                    x.reshape(batch, num_prompts * num_tokens, -1),
-                    memories[level],
-                    pos=memory_pos[level],
-                    query_pos=query_pos.reshape(batch, num_prompts * num_tokens, -1),
-                    attn_mask=attn_mask,
-                ).reshape(batch * num_prompts, num_tokens, -1)
+                x = (
+                    self.transformer_cross_attention_layers[index - 1]
+                    .attend_projected(
+                        x.reshape(batch, num_prompts * num_tokens, -1),
+                        memory.key_values[index - 1],
+                        query_pos=query_pos.reshape(batch, num_prompts * num_tokens, -1),
+                        attn_mask=attn_mask,
+                    )
+                    .reshape(batch * num_prompts, num_tokens, -1)
+                )
                 x = self.transformer_self_attention_layers[index - 1](x, query_pos=query_pos)
                 x = self.transformer_ffn_layers[index - 1](x)
             mask_embeds, iou_logits = self._heads(
@@ -249,11 +317,13 @@ class PromptMaskDecoder(nn.Module):
             )
             is_last = index == self.num_layers
             if is_last or return_aux:
-                mask_logits = torch.einsum("bpmc,bchw->bpmhw", mask_embeds, pixel_embeds)
+                mask_logits = torch.einsum("bpmc,bchw->bpmhw", mask_embeds, memory.pixel_embeds)
                 predictions.append(MaskPrediction(mask_logits, iou_logits))
             if not is_last:
                 level = index % self.num_feature_levels
-                attn_mask = self._attention_mask(mask_embeds, level_embeds[level], num_tokens)
+                attn_mask = self._attention_mask(
+                    mask_embeds, memory.level_embeds[level], num_tokens
+                )
         last = predictions[-1]
         return MaskDecoderOutput(last.mask_logits, last.iou_logits, predictions[:-1])
 

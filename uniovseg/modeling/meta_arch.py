@@ -36,6 +36,7 @@ from uniovseg.modeling import region_embedding
 from uniovseg.modeling.alignment import MaskTextAligner
 from uniovseg.modeling.criterion import PromptMaskCriterion
 from uniovseg.modeling.feature_adapter import MultiScaleFeatureAdapter
+from uniovseg.modeling.mask_decoder import DecoderMemory
 from uniovseg.modeling.open_vocab_inference import OpenVocabInference
 from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
 from uniovseg.modeling.segmentation_head import SegmentationHead
@@ -193,9 +194,14 @@ class UniOVSeg(nn.Module):
         """Normalised [B, 3, S, S] -> pixel-decoder features (one backbone pass)."""
         return self.sem_seg_head.forward_features(self.backbone(images))
 
+    def prepare_prompt_decoding(self, pixel_features: PixelDecoderOutput) -> DecoderMemory:
+        """Pixel features -> the decoder's prompt-independent memory; pass it to
+        :meth:`decode_prompts` when decoding many chunks of prompts on the same images."""
+        return self.sem_seg_head.prepare_prompt_memory(pixel_features)
+
     def decode_prompts(
         self,
-        pixel_features: PixelDecoderOutput,
+        pixel_features: PixelDecoderOutput | DecoderMemory,
         prompts: torch.Tensor,
         *,
         prompt_type: str,
@@ -396,10 +402,11 @@ class UniOVSeg(nn.Module):
         input_size = tuple(images.shape[-2:])
         features = self.backbone(images)
         pixel_features = self.sem_seg_head.forward_features(features)
+        decoder_memory = self.prepare_prompt_decoding(pixel_features)
 
         def predict(point_coords: torch.Tensor):
             out = self.decode_prompts(
-                pixel_features, point_coords, prompt_type="point", input_size=input_size
+                decoder_memory, point_coords, prompt_type="point", input_size=input_size
             )
             return out.mask_logits, out.iou_logits
 
@@ -433,7 +440,7 @@ class UniOVSeg(nn.Module):
         images = self._pad_to_input(self.normalize(x["image"]))
         input_size = tuple(images.shape[-2:])
         valid_h, valid_w = x["image_size"]
-        pixel_features = self.encode_images(images)
+        decoder_memory = self.prepare_prompt_decoding(self.encode_images(images))
         outputs = {}
         for prompt_type, key in [("point", "point_coords"), ("box", "box_prompts")]:
             prompts = x[key].to(self.device, torch.float32)
@@ -441,7 +448,7 @@ class UniOVSeg(nn.Module):
             for start in range(0, len(prompts), self.prompts_per_chunk):
                 chunk = prompts[start : start + self.prompts_per_chunk][None]
                 out = self.decode_prompts(
-                    pixel_features, chunk, prompt_type=prompt_type, input_size=input_size
+                    decoder_memory, chunk, prompt_type=prompt_type, input_size=input_size
                 )
                 logits = F.interpolate(
                     out.mask_logits[0], size=input_size, mode="bilinear", align_corners=False

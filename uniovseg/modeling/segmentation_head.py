@@ -11,7 +11,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .mask_decoder import MaskDecoderOutput, PromptMaskDecoder
+from .mask_decoder import DecoderMemory, MaskDecoderOutput, PromptMaskDecoder
 from .pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
 
 __all__ = ["SegmentationHead"]
@@ -21,7 +21,9 @@ class SegmentationHead(nn.Module):
     """Backbone features + prompt boxes -> per-prompt mask and IoU logits.
 
     Run :meth:`forward_features` once per image batch and :meth:`forward_prompts` on as many
-    chunks of prompts as memory requires, or :meth:`forward` for both at once.
+    chunks of prompts as memory requires, or :meth:`forward` for both at once. Many chunks of
+    the same images: pass :meth:`prepare_prompt_memory`'s result instead of the pixel features,
+    so that the prompt-independent work is done once.
     """
 
     @configurable
@@ -68,9 +70,15 @@ class SegmentationHead(nn.Module):
         """Backbone features by name -> :class:`PixelDecoderOutput` (prompt independent)."""
         return self.pixel_decoder.forward_features(features)
 
+    def prepare_prompt_memory(self, pixel_features: PixelDecoderOutput) -> DecoderMemory:
+        """Pixel features -> the decoder's prompt-independent :class:`DecoderMemory`."""
+        return self.predictor.prepare_memory(
+            pixel_features.multi_scale_features, pixel_features.mask_features
+        )
+
     def forward_prompts(
         self,
-        pixel_features: PixelDecoderOutput,
+        pixel_features: PixelDecoderOutput | DecoderMemory,
         boxes: torch.Tensor,
         *,
         prompt_type: str,
@@ -78,11 +86,12 @@ class SegmentationHead(nn.Module):
         prompt_valid: torch.Tensor | None = None,
         return_aux: bool = True,
     ) -> MaskDecoderOutput:
-        """Decodes prompts against precomputed pixel features; arguments as
+        """Decodes prompts against precomputed pixel features or decoder memory; arguments as
         :meth:`PromptMaskDecoder.forward`."""
-        return self.predictor(
-            pixel_features.multi_scale_features,
-            pixel_features.mask_features,
+        if isinstance(pixel_features, PixelDecoderOutput):
+            pixel_features = self.prepare_prompt_memory(pixel_features)
+        return self.predictor.decode(
+            pixel_features,
             boxes,
             prompt_type=prompt_type,
             image_size=image_size,

@@ -56,21 +56,40 @@ class MultiHeadAttention(nn.Module):
         Returns:
             [B, Q, C].
         """
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        heads = self.num_heads
+        return self.attend(query, *self.project_key_value(key, value), attn_mask=attn_mask)
 
-        def split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            x = F.linear(x, weight, bias)
-            return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, heads, N, C / heads]
+    def project_key_value(
+        self, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys [B, S, C] and values [B, S, C] -> per-head projections, each
+        [B, heads, S, C / heads]. Separate from :meth:`attend` so that keys and values shared by
+        many queries (an image's pixels, for every chunk of prompts) are projected once."""
+        _, w_k, w_v = self.in_proj_weight.chunk(3)
+        _, b_k, b_v = self.in_proj_bias.chunk(3)
+        return self._split_heads(key, w_k, b_k), self._split_heads(value, w_v, b_v)
 
+    def attend(
+        self,
+        query: torch.Tensor,
+        key_heads: torch.Tensor,
+        value_heads: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Queries [B, Q, C] x projections from :meth:`project_key_value` -> [B, Q, C]; the mask
+        as in :meth:`forward`."""
+        w_q = self.in_proj_weight[: self.embed_dim]
+        b_q = self.in_proj_bias[: self.embed_dim]
         out = F.scaled_dot_product_attention(
-            split(query, w_q, b_q),
-            split(key, w_k, b_k),
-            split(value, w_v, b_v),
-            attn_mask=attn_mask,
+            self._split_heads(query, w_q, b_q), key_heads, value_heads, attn_mask=attn_mask
         )
         return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def _split_heads(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, N, C] -> projected [B, heads, N, C / heads]."""
+        x = F.linear(x, weight, bias)
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -122,7 +141,27 @@ class CrossAttentionLayer(nn.Module):
         Returns:
             [B, Q, C].
         """
-        attended = self.multihead_attn(x + query_pos, memory + pos, memory, attn_mask=attn_mask)
+        return self.attend_projected(
+            x, self.project_memory(memory, pos=pos), query_pos=query_pos, attn_mask=attn_mask
+        )
+
+    def project_memory(
+        self, memory: torch.Tensor, *, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory [B, S, C] and key positions -> this layer's (keys, values) per head, each
+        [B, heads, S, C / heads]: prompt independent, so computed once per image."""
+        return self.multihead_attn.project_key_value(memory + pos, memory)
+
+    def attend_projected(
+        self,
+        x: torch.Tensor,
+        key_value: tuple[torch.Tensor, torch.Tensor],
+        *,
+        query_pos: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`forward`, with keys and values from :meth:`project_memory`."""
+        attended = self.multihead_attn.attend(x + query_pos, *key_value, attn_mask=attn_mask)
         return self.norm(x + attended)
 
 
