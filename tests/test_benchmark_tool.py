@@ -13,6 +13,7 @@ import torch
 from uniovseg.benchmarking import (
     STAGE_LABELS,
     PeakMemoryMeter,
+    StageFlopCounter,
     StageTimer,
     SuiteSettings,
     SyntheticMaskLogits,
@@ -105,6 +106,29 @@ def test_stage_timer_peak_memory_includes_nested_stages_and_resets_between_stage
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_flop_counter_charges_nested_stages_to_themselves():
+    counter = StageFlopCounter()
+    a, b = torch.ones(8, 16), torch.ones(16, 4)
+    query, key = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8)
+    mask = torch.rand(1, 1, 5, 7) > 0.3
+    with counter:
+        with counter.stage("outer"):
+            a @ b  # 2 x 8 x 16 x 4
+            with counter.stage("inner"):
+                a @ b
+                a @ b
+            torch.nn.functional.scaled_dot_product_attention(query, key, key, attn_mask=mask)
+        with counter.stage("nms"):
+            torch._int_mm(torch.ones(17, 24, dtype=torch.int8), torch.ones(24, 8, dtype=torch.int8))
+    matmul = 2 * 8 * 16 * 4
+    attention = 4 * 1 * 2 * 5 * 7 * 8  # QK^T and AV, whatever the mask
+    assert counter.flops == {
+        "outer": matmul + attention,
+        "inner": 2 * matmul,
+        "nms": 2 * 17 * 24 * 8,
+    }
+
+
 def test_cpu_peak_memory_sees_a_touched_allocation():
     meter = PeakMemoryMeter("cpu")
     meter.reset()
@@ -233,6 +257,10 @@ def test_tiny_run_writes_json_and_markdown_with_every_section(tmp_path, capsys):
     assert ks[0] > 0  # synthetic masks survive the filters with random weights
     assert all(v > 0 for v in inference["peak_memory_bytes"].values())
     assert inference["semantic_over_backbone"] > 0
+    flops = inference["stage_flops"]
+    for stage in ("backbone", "pixel_decoder", "mask_decoder", "region_embedding"):
+        assert flops[stage] > 0, stage
+    assert "preprocess" not in flops or flops["preprocess"] == 0  # resizing is element-wise
     assert "inference[fp32]" in report["targets"]
     text = items["text_classifier_ade20k_150"]
     assert text["extrapolated"] and text["prompts"] == 14 * text["synonyms"]
@@ -245,6 +273,7 @@ def test_tiny_run_writes_json_and_markdown_with_every_section(tmp_path, capsys):
     for heading in ["| stage |", "| end to end |", "| vocabulary |", "| item | config |"]:
         assert heading in markdown
     assert STAGE_LABELS["panoptic_assembly"] in markdown
+    assert "| GFLOP | GFLOP/s |" in markdown
     assert markdown in capsys.readouterr().out  # printed at the end
 
 

@@ -194,6 +194,64 @@ def test_panoptic_soft_masks_use_the_half_threshold():
     assert panoptic_seg.tolist() == [[1, 1, 0, 0]] and segments[0]["id"] == 1
 
 
+def _reference_panoptic(mask_probs, class_probs, thing_classes, mask_scores, threshold, overlap):
+    """Mask2Former's assembly written plainly, one mask at a time: the definition the
+    vectorised version must match pixel for pixel."""
+    scores, labels = class_probs.max(dim=-1)
+    scores = scores * mask_scores
+    keep = scores > threshold
+    scores, labels, masks = scores[keep], labels[keep], mask_probs[keep]
+    panoptic = torch.zeros(mask_probs.shape[-2:], dtype=torch.int32)
+    if masks.shape[0] == 0:
+        return panoptic, []
+    winner = (scores[:, None, None] * masks).argmax(dim=0)
+    segments, stuff = [], {}
+    for k in range(masks.shape[0]):
+        label, score = int(labels[k]), float(scores[k])
+        won, original = winner == k, masks[k] >= 0.5
+        region = won & original
+        if int(original.sum()) == 0 or not bool(region.any()):
+            continue
+        if int(won.sum()) / int(original.sum()) < overlap:
+            continue
+        if label not in thing_classes and label in stuff:
+            stuff[label]["score"] = max(stuff[label]["score"], score)
+            panoptic[region] = stuff[label]["id"]
+            continue
+        segment = {"id": len(segments) + 1, "category_id": label}
+        segment.update(isthing=label in thing_classes, score=score)
+        panoptic[region] = segment["id"]
+        segments.append(segment)
+        if label not in thing_classes:
+            stuff[label] = segment
+    return panoptic, segments
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_panoptic_matches_the_one_mask_at_a_time_definition(seed):
+    g = torch.Generator().manual_seed(seed)
+    num_masks = int(torch.randint(1, 14, (), generator=g))
+    sharpness = int(torch.randint(1, 4, (), generator=g))
+    mask_probs = torch.rand(num_masks, 23, 31, generator=g) ** sharpness
+    class_probs = torch.softmax(torch.randn(num_masks, 6, generator=g) * 3, dim=1)
+    mask_scores = torch.rand(num_masks, generator=g)
+    overlap = float(torch.rand((), generator=g)) * 0.9
+    things = {0, 2, 4}
+    expected_seg, expected_info = _reference_panoptic(
+        mask_probs, class_probs, things, mask_scores, 0.05, overlap
+    )
+    seg, info = panoptic_inference(
+        mask_probs,
+        class_probs,
+        thing_classes=things,
+        mask_scores=mask_scores,
+        score_threshold=0.05,
+        overlap_threshold=overlap,
+    )
+    assert torch.equal(seg, expected_seg)
+    assert info == expected_info
+
+
 def test_panoptic_without_masks():
     panoptic_seg, segments = panoptic_inference(
         torch.zeros(0, 3, 5), torch.zeros(0, 4), thing_classes={0}

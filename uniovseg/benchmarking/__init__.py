@@ -3,6 +3,7 @@ build time and training-step cost (issue 8). The command-line entry point is
 ``tools/benchmark.py``; benchmarks/README.md explains every number.
 """
 
+from .flops import StageFlopCounter
 from .inference import PATH_STAGES, STAGE_LABELS, benchmark_inference, run_inference_stages
 from .inputs import (
     BenchmarkImage,
@@ -19,6 +20,7 @@ from .timing import StageTimer, summarize, time_runs
 from .workloads import benchmark_text_classifier, benchmark_training_step
 
 __all__ = [
+    "StageFlopCounter",
     "PATH_STAGES",
     "STAGE_LABELS",
     "BenchmarkImage",

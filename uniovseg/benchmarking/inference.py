@@ -10,6 +10,7 @@ ratio of the per-run stage sums to it (``stage_sum_over_end_to_end``, expected c
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -19,6 +20,7 @@ import torch
 from uniovseg.modeling.meta_arch import automatic_result_to_instances
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
 
+from .flops import StageFlopCounter
 from .inputs import BenchmarkImage, SyntheticMaskLogits
 from .memory import PeakMemoryMeter
 from .timing import StageTimer, summarize, synchronize
@@ -231,7 +233,9 @@ def benchmark_inference(
         model's own cost), ``backbone_alone`` (summary), ``stage_sum_over_end_to_end`` (kind ->
         ratio of medians), ``semantic_over_backbone`` (semantic model cost over the backbone
         alone, or None without a vocabulary), ``peak_memory_bytes`` (kind -> bytes, plus
-        ``"stages"``), ``peak_memory_kind`` and ``num_masks`` (image name -> K per timed run).
+        ``"stages"``), ``peak_memory_kind``, ``num_masks`` (image name -> K per timed run)
+        and ``stage_flops`` (stage -> median over the images of its operation count, see
+        :class:`~uniovseg.benchmarking.flops.StageFlopCounter`).
     """
     device = model.device
     meter = meter or PeakMemoryMeter(device)
@@ -252,6 +256,7 @@ def benchmark_inference(
     with patch(model, timer) if patch else nullcontext():
         _time_over_images(staged, images, repeat=repeat, warmup=warmup, device=device, meter=meter)
     del timer.records[:warmup], timer.peak_records[:warmup]
+    stage_flops = _count_stage_flops(model, images, dtype=dtype, patch=patch)
     runs = timer.records
     stage_peaks = timer.peak_memory()
     num_masks = {name: ks[-repeat:] for name, ks in num_masks.items()}
@@ -317,4 +322,18 @@ def benchmark_inference(
         "peak_memory_bytes": peaks,
         "peak_memory_kind": meter.kind,
         "num_masks": num_masks,
+        "stage_flops": stage_flops,
     }
+
+
+def _count_stage_flops(model, images, *, dtype: str, patch) -> dict[str, float]:
+    """One untimed, counted run per image -> stage -> median operation count."""
+    counts: dict[str, list[int]] = {}
+    for item in images:
+        counter = StageFlopCounter()
+        with patch(model, counter) if patch else nullcontext(), counter:
+            with precision_context(model.device, dtype):
+                run_inference_stages(model, item.image, counter)
+        for stage, flops in counter.flops.items():
+            counts.setdefault(stage, []).append(flops)
+    return {stage: float(statistics.median(values)) for stage, values in counts.items()}

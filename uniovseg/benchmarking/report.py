@@ -94,6 +94,15 @@ def _ms_row(label: str, s: dict, extra: str = "") -> str:
     )
 
 
+def _gflop_cells(flops: dict, stage: str, timing: dict) -> str:
+    """The ``GFLOP | GFLOP/s |`` cells of a stage row (empty when not counted)."""
+    if stage not in flops:
+        return " | |"
+    gflop = flops[stage] / 1e9
+    rate = f"{gflop / (timing['median_ms'] / 1e3):.0f}" if timing["median_ms"] > 0 else ""
+    return f"{gflop:.1f} | {rate} |"
+
+
 def _inference_markdown(name: str, result: dict) -> list[str]:
     reference_kind = "semantic" if "semantic" in result["end_to_end"] else "automatic"
     reference = result["end_to_end"][reference_kind]
@@ -107,19 +116,27 @@ def _inference_markdown(name: str, result: dict) -> list[str]:
         + ".",
         "",
         f"| stage | median ms | min ms | max ms | IQR ms | share of {reference_kind} end to end "
-        "| peak memory GB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| peak memory GB | GFLOP | GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    flops = result.get("stage_flops", {})
     for stage, label in STAGE_LABELS.items():
         if stage in result["stages"]:
             s = result["stages"][stage]
             share = f"{100 * s['median_ms'] / reference['median_ms']:.1f}%"
             peak = _gb(result["stage_peak_memory_bytes"].get(stage))
-            lines.append(_ms_row(label, s, share) + f" {peak} |")
+            lines.append(_ms_row(label, s, share) + f" {peak} | {_gflop_cells(flops, stage, s)}")
     for kind, s in result["stage_sums"].items():
         ratio = result["stage_sum_over_end_to_end"][kind]
-        lines.append(_ms_row(f"sum of {kind} stages", s, f"{ratio:.2f}x of measured") + " |")
-    lines.append(_ms_row("backbone alone (separate loop)", result["backbone_alone"]) + " |")
+        lines.append(_ms_row(f"sum of {kind} stages", s, f"{ratio:.2f}x of measured") + " | | |")
+    lines.append(_ms_row("backbone alone (separate loop)", result["backbone_alone"]) + " | | |")
+    if flops:
+        lines += [
+            "",
+            "GFLOP: operations per image (median over the images) of matrix products, "
+            "convolutions and attention, 2 per multiply-add (the NMS's int8 products included); "
+            "element-wise work is not counted. GFLOP/s: GFLOP over the median time.",
+        ]
     lines += [
         "",
         "| end to end | median ms | min ms | max ms | IQR ms | model cost ms | peak memory GB |",

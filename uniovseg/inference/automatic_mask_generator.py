@@ -217,27 +217,33 @@ class AutomaticMaskGenerationEngine:
 
             # One sigmoid, not the release's two: see `pred_iou_thresh` in __init__.
             iou_probs = iou_logits.float().sigmoid()
-            point_idx, gran_idx = torch.nonzero(iou_probs >= self.pred_iou_thresh, as_tuple=True)
+            passed = iou_probs >= self.pred_iou_thresh
+            point_idx, gran_idx = torch.nonzero(passed, as_tuple=True)
             if point_idx.numel() == 0:
                 continue
-            lowres = mask_logits[point_idx, gran_idx].float()  # [k, h, w]
+            # [k, h, w]; a view, not a copy, when every mask passed.
+            lowres = _select(mask_logits.flatten(0, 1), passed.flatten()).float()
+            del mask_logits  # only the passing masks stay alive (all of them: `lowres` views them)
             # Stability on the work-frame logits: the release's demo scores full-resolution
             # logits; an area ratio barely changes at half resolution and this bounds memory.
             work_masks, stability = self._work_frame(lowres, work_size, work_valid)
             # Empty masks in the work frame (a few pixels at most) cannot be de-duplicated.
             ok = (stability >= self.stability_score_thresh) & work_masks.flatten(1).any(dim=1)
-            kept["lowres"].append(lowres[ok])
-            kept["work"].append(work_masks[ok])
+            kept["lowres"].append(_select(lowres, ok))
+            kept["work"].append(_select(work_masks, ok))
             kept["iou"].append(iou_probs[point_idx, gran_idx][ok])
             kept["stability"].append(stability[ok])
             kept["point"].append(point_idx[ok] + start)
             kept["granularity"].append(gran_idx[ok])
+            del lowres, work_masks
 
         assert lowres_shape is not None  # the grid has >= 1 point
         if not kept["iou"] or sum(t.numel() for t in kept["iou"]) == 0:
             logger.debug("automatic mask generation: no mask passed the score filters")
             return _empty_result(original_size, lowres_shape, out_device)
-        cat = {k: torch.cat(v) for k, v in kept.items()}
+        cat = {}
+        for key in list(kept):  # concatenate and free the per-chunk pieces one field at a time
+            cat[key] = torch.cat(kept.pop(key))
         num_candidates = cat["iou"].numel()
 
         keep = mask_nms(
@@ -317,6 +323,11 @@ class AutomaticMaskGenerationEngine:
         # SAM we do not re-run NMS afterwards: the edits are below min_region_area pixels.
         cleaned = [remove_small_regions(m, self.min_region_area)[0] for m in masks.cpu().numpy()]
         return torch.from_numpy(np.stack(cleaned)).to(masks.device)
+
+
+def _select(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``tensor[keep]`` for a bool [N] ``keep``, without the copy when every row is kept."""
+    return tensor if bool(keep.all()) else tensor[keep]
 
 
 def _resize_crop(

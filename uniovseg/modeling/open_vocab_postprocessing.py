@@ -202,32 +202,41 @@ def panoptic_inference(
 
     kept_scores, kept_labels = scores[keep], labels[keep]
     kept_masks = mask_probs[keep].to(kept_scores.dtype)
+    num_kept = kept_masks.shape[0]
     winner = (kept_scores[:, None, None] * kept_masks).argmax(dim=0)  # [H, W]
+    # Per-mask pixel counts without a loop over masks: winners are unique per pixel, so
+    # "pixels mask k wins" and "pixels it wins where its own probability is >= 0.5 (the
+    # region it paints)" are bincounts of ``winner``.
+    original_area = (kept_masks >= _MASK_BINARIZE_THRESHOLD).flatten(1).sum(dim=1)
+    paints = kept_masks.gather(0, winner[None])[0] >= _MASK_BINARIZE_THRESHOLD  # [H, W]
+    won_area = torch.bincount(winner.flatten(), minlength=num_kept)
+    region_area = torch.bincount(winner[paints], minlength=num_kept)
+    accepted = (
+        (original_area > 0)
+        & (region_area > 0)
+        & (won_area.double() / original_area.clamp(min=1).double() >= overlap_threshold)
+    )
+
+    # Segment ids in mask order; a stuff class keeps the id of its first accepted mask.
+    segment_of_mask = [0] * num_kept
     segments_info: list[dict] = []
     stuff_segments: dict[int, dict] = {}
-    for k in range(kept_masks.shape[0]):
-        label = int(kept_labels[k])
-        score = float(kept_scores[k])
+    labels_list, scores_list = kept_labels.tolist(), kept_scores.tolist()
+    for k in torch.nonzero(accepted).flatten().tolist():
+        label, score = int(labels_list[k]), float(scores_list[k])
         is_thing = label in thing_set
-        won = winner == k
-        original = kept_masks[k] >= _MASK_BINARIZE_THRESHOLD
-        original_area = int(original.sum())
-        region = won & original
-        if original_area == 0 or not bool(region.any()):
-            continue
-        if int(won.sum()) / original_area < overlap_threshold:
-            continue
         if not is_thing and label in stuff_segments:
             segment = stuff_segments[label]
             segment["score"] = max(segment["score"], score)
-            panoptic_seg[region] = segment["id"]
-            continue
-        segment = {"id": len(segments_info) + 1, "category_id": label, "isthing": is_thing}
-        segment["score"] = score
-        panoptic_seg[region] = segment["id"]
-        segments_info.append(segment)
-        if not is_thing:
-            stuff_segments[label] = segment
+        else:
+            segment = {"id": len(segments_info) + 1, "category_id": label, "isthing": is_thing}
+            segment["score"] = score
+            segments_info.append(segment)
+            if not is_thing:
+                stuff_segments[label] = segment
+        segment_of_mask[k] = segment["id"]
+    segment_ids = torch.tensor(segment_of_mask, dtype=torch.int32, device=mask_probs.device)
+    panoptic_seg = torch.where(paints, segment_ids[winner], panoptic_seg)
     return panoptic_seg, segments_info
 
 
