@@ -10,6 +10,7 @@ from pycocotools import mask as mask_util
 from uniovseg.modeling import mask_postprocessing
 from uniovseg.modeling.mask_postprocessing import (
     encode_masks_rle,
+    mask_areas,
     mask_nms,
     masks_to_boxes,
     pairwise_mask_intersections,
@@ -73,6 +74,15 @@ def test_masks_to_boxes_pixel_edges_and_empty():
 
 
 # ---------------------------------------------------------------- NMS
+
+
+def test_mask_areas_count_pixels_block_by_block():
+    g = torch.Generator().manual_seed(5)
+    masks = torch.rand(7, 5, 6, generator=g) > 0.4
+    expected = torch.tensor([int(m.sum()) for m in masks])
+    for rows in (1, 3, 64):
+        assert torch.equal(mask_areas(masks, rows_per_block=rows), expected)
+    assert mask_areas(masks[:0]).shape == (0,)
 
 
 @pytest.mark.parametrize("int8_kernel", [True, False], ids=["int8", "float"])

@@ -241,6 +241,9 @@ class AutomaticMaskGenerationEngine:
         if not kept["iou"] or sum(t.numel() for t in kept["iou"]) == 0:
             logger.debug("automatic mask generation: no mask passed the score filters")
             return _empty_result(original_size, lowres_shape, out_device)
+        # The candidates' low-res logits stay in their per-chunk pieces: only the few masks
+        # that survive NMS are gathered from them (a concatenation would copy them all).
+        lowres_pieces = kept.pop("lowres")
         cat = {}
         for key in list(kept):  # concatenate and free the per-chunk pieces one field at a time
             cat[key] = torch.cat(kept.pop(key))
@@ -252,7 +255,10 @@ class AutomaticMaskGenerationEngine:
             iou_threshold=self.nms_iou_thresh,
             containment_threshold=self.nms_containment_thresh,
         )
-        cat = {k: v[keep] for k, v in cat.items() if k != "work"}
+        del cat["work"]
+        cat = {k: v[keep] for k, v in cat.items()}
+        cat["lowres"] = _gather_rows(lowres_pieces, keep)
+        del lowres_pieces
 
         masks = self._to_original(cat["lowres"], valid_size, input_size, original_size)
         if self.min_region_area > 0:
@@ -323,6 +329,19 @@ class AutomaticMaskGenerationEngine:
         # SAM we do not re-run NMS afterwards: the edits are below min_region_area pixels.
         cleaned = [remove_small_regions(m, self.min_region_area)[0] for m in masks.cpu().numpy()]
         return torch.from_numpy(np.stack(cleaned)).to(masks.device)
+
+
+def _gather_rows(pieces: list[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+    """``torch.cat(pieces)[indices]`` without concatenating the pieces first."""
+    first = pieces[0]
+    out = first.new_empty((indices.numel(), *first.shape[1:]))
+    start = 0
+    for piece in pieces:  # one indexing per chunk of prompts, not per mask
+        inside = (indices >= start) & (indices < start + piece.shape[0])
+        if bool(inside.any()):
+            out[inside.to(out.device)] = piece[(indices[inside] - start).to(piece.device)]
+        start += piece.shape[0]
+    return out
 
 
 def _select(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
