@@ -93,9 +93,10 @@ def mask_areas(masks: torch.Tensor, rows_per_block: int = 64) -> torch.Tensor:
     20 x 20 grid at 512 x 512 that would be a 2.5 GB int64 copy, so rows are counted a block at
     a time.
     """
+    if masks.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=masks.device)
     flat = masks.reshape(masks.shape[0], -1)
-    counts = [block.sum(dim=1, dtype=torch.int64) for block in flat.split(rows_per_block)]
-    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64, device=masks.device)
+    return torch.cat([block.sum(dim=1, dtype=torch.int64) for block in flat.split(rows_per_block)])
 
 
 def pairwise_mask_intersections(
