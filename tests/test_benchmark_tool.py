@@ -238,6 +238,7 @@ def test_tiny_run_writes_json_and_markdown_with_every_section(tmp_path, capsys):
     assert {"environment", "settings", "items", "targets"} <= set(report)
     assert report["environment"]["torch"] == torch.__version__
     assert report["environment"]["torch_threads"] == 2
+    assert set(report["environment"]["ms_deform_attn_kernels"]) <= {"cpp", "cuda"}
     items = report["items"]
     assert set(items) == {
         "inference[fp32]",

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from uniovseg.layers.ms_deform_attn_function import compiled_backends
+
 from .inference import STAGE_LABELS
 
 __all__ = ["environment_info", "render_markdown", "write_report"]
@@ -76,6 +78,9 @@ def environment_info(device: str, threads: int) -> dict:
         "torch_threads": threads,
         "device": device,
         "git_commit": _git_commit(Path(__file__).resolve().parents[2]),
+        # Without a compiled kernel the pixel decoder runs the (much slower) PyTorch path: a
+        # checkout whose op was not built must not pass for a slow model.
+        "ms_deform_attn_kernels": sorted(compiled_backends()),
     }
     if torch.device(device).type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
@@ -185,7 +190,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"Machine: {env['host_cpu']} ({env['cpu_count']} cores, 1-min load "
         f"{env['load_average_1m']}), device {env.get('device_name', env['device'])}, "
-        f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}. "
+        f"torch {env['torch']}, {env['torch_threads']} threads, commit {env['git_commit']}, "
+        "compiled deformable-attention kernels: "
+        f"{', '.join(env.get('ms_deform_attn_kernels', [])) or 'none (PyTorch path)'}. "
         f"Repeats: {settings['repeat']} (warm-up {settings['warmup']}); times are wall-clock "
         "medians with min/max and inter-quartile range over all timed runs.",
         "",
