@@ -4,6 +4,9 @@ assertions: those belong to the benchmark's output."""
 
 import importlib.util
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +309,41 @@ def test_list_prints_items_with_estimates(capsys):
         "train_stage2_tiny[fp32]",
     ]
     assert all("min" in line for line in lines)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_worker_exits_when_the_suite_process_dies(tmp_path):
+    """A killed suite must not leave its worker running (an orphan skews every later run)."""
+    pid_file = tmp_path / "worker.pid"
+    worker = (
+        "import os, sys, time; sys.path.insert(0, sys.argv[2]);"
+        "from uniovseg.benchmarking.suite import _exit_with_parent; _exit_with_parent();"
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    parent = (
+        "import subprocess, sys, time;"
+        f"subprocess.Popen([sys.executable, '-c', {worker!r}, sys.argv[1], sys.argv[2]]);"
+        "time.sleep(120)"
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    suite = subprocess.Popen([sys.executable, "-c", parent, str(pid_file), repo])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        worker_pid = int(pid_file.read_text())
+    finally:
+        suite.kill()
+        suite.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker_pid}").exists() and "Z" not in _proc_state(worker_pid):
+        assert time.monotonic() < deadline, "the worker outlived the suite process"
+        time.sleep(0.1)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return "gone"

@@ -17,11 +17,13 @@ pools of one item from leaking into the next. The worker entry point is
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import fnmatch
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,8 @@ from .report import environment_info, write_report
 __all__ = ["ItemSpec", "SuiteSettings", "estimate_seconds", "plan_items", "run_item", "run_suite"]
 
 logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 # Rough seconds per unit on the reference machine (2-core AMD EPYC VM, 2 threads, fp32, load
 # about 3 from other jobs), only used to print a cost estimate before a run. "full" is the
@@ -232,11 +236,26 @@ def run_suite(
     return report
 
 
+def _exit_with_parent() -> None:
+    """Linux: the kernel sends this worker SIGTERM when the suite process dies, so that a
+    stopped benchmark leaves no orphan keeping the CPU busy (and skewing the next run)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        raise SystemExit("benchmark worker: the suite process is gone")
+
+
 def worker_main(argv: list[str]) -> int:
     """Runs the item of ``argv = [SPEC.json, RESULT.json]`` (written by the parent process)."""
     if len(argv) != 2:
         raise SystemExit("usage: python -m uniovseg.benchmarking.worker SPEC.json RESULT.json")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    _exit_with_parent()
     payload = json.loads(Path(argv[0]).read_text())
     spec = ItemSpec(**payload["spec"])
     settings = SuiteSettings(**payload["settings"])
