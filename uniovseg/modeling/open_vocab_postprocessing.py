@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
+from .mask_postprocessing import mask_areas
+
 __all__ = [
     "OpenVocabPostprocessor",
     "panoptic_inference",
@@ -207,7 +209,7 @@ def panoptic_inference(
     # Per-mask pixel counts without a loop over masks: winners are unique per pixel, so
     # "pixels mask k wins" and "pixels it wins where its own probability is >= 0.5 (the
     # region it paints)" are bincounts of ``winner``.
-    original_area = (kept_masks >= _MASK_BINARIZE_THRESHOLD).flatten(1).sum(dim=1)
+    original_area = mask_areas(kept_masks >= _MASK_BINARIZE_THRESHOLD)
     paints = kept_masks.gather(0, winner[None])[0] >= _MASK_BINARIZE_THRESHOLD  # [H, W]
     won_area = torch.bincount(winner.flatten(), minlength=num_kept)
     region_area = torch.bincount(winner[paints], minlength=num_kept)
