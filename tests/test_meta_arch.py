@@ -117,6 +117,37 @@ def test_invalid_settings_are_refused(cfg):
     bad.MODEL.UNIOVSEG.TEST.INPUT_SIZE = 100
     with pytest.raises(ValueError, match="multiple of 32"):
         build_model(bad)
+    bad = cfg.clone()
+    bad.MODEL.UNIOVSEG.TEST.AUTOCAST = "int8"
+    with pytest.raises(ValueError, match="AUTOCAST"):
+        build_model(bad)
+
+
+def test_bf16_inference_gives_float32_outputs_close_to_float32_inference(cfg):
+    """TEST.AUTOCAST bf16 runs the network in bf16; outputs stay float32 and the open-vocabulary
+    maps agree with float32 inference on most pixels (random weights: a loose bound)."""
+    outputs = {}
+    for precision in ("", "bf16"):
+        cfg_p = cfg.clone()
+        cfg_p.MODEL.UNIOVSEG.AUTOMATIC.PRED_IOU_THRESH = 0.0
+        cfg_p.MODEL.UNIOVSEG.AUTOMATIC.STABILITY_SCORE_THRESH = 0.0
+        cfg_p.MODEL.UNIOVSEG.TEST.AUTOCAST = precision
+        torch.manual_seed(0)
+        model = build_model(cfg_p).eval()
+        model.set_vocabulary("cat; dog, puppy; sky", thing_classes=[0, 1])
+        torch.manual_seed(1)
+        image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+        (outputs[precision],) = model([{"image": image}])
+    with model.inference_precision():  # the bf16 model (built last)
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    half = outputs["bf16"]
+    assert len(half["automatic_masks"]) > 0
+    assert half["automatic_masks"].mask_logits_lowres.dtype == torch.float32
+    assert half["sem_seg"].dtype == torch.float32
+    assert half["mask_class_probs"].dtype == torch.float32
+    agree = (half["sem_seg"].argmax(0) == outputs[""]["sem_seg"].argmax(0)).float().mean()
+    assert agree > 0.5
 
 
 def test_open_vocabulary_outputs_at_the_original_size(cfg):

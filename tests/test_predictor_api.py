@@ -421,3 +421,20 @@ def test_cuda_predictor_matches_cpu(predictor, image):
     np.testing.assert_allclose(gpu_ious, cpu_ious, atol=1e-2)
     records = AutomaticMaskGenerator(gpu, points_per_side=4, pred_iou_thresh=0.0).generate(image)
     assert all(isinstance(r["segmentation"], np.ndarray) for r in records)
+
+
+def test_bf16_predictor_returns_float32_outputs(image):
+    """MODEL.UNIOVSEG.TEST.AUTOCAST bf16 also applies to the predictor's network calls."""
+    torch.manual_seed(0)
+    half = UniOVSegPredictor.from_config(
+        TINY_CONFIG, opts=[*OPEN_FILTERS, "MODEL.UNIOVSEG.TEST.AUTOCAST", "bf16"], device="cpu"
+    )
+    half.set_vocabulary("cat; dog, puppy; sky")
+    half.set_image(image)
+    masks, ious, logits = half.predict(point_coords=np.array([[30, 25]]), return_logits=True)
+    assert masks.shape == (4, H, W) and ious.dtype == np.float32 and logits.dtype == np.float32
+    labelled = half.predict_with_labels(boxes=np.array([[10, 10, 50, 40]]))
+    assert labelled.labels.shape == (1, 1) and labelled.scores.dtype == np.float32
+    result = half.generate_automatic_masks()
+    assert result.mask_logits_lowres.dtype == torch.float32
+    assert half.predict_semantic().labels.shape == (H, W)

@@ -95,6 +95,7 @@ class UniOVSegPredictor:
             "sem_seg_head",
             "prepare_prompt_decoding",
             "decode_prompts",
+            "inference_precision",
         ):
             if not hasattr(model, needed):
                 raise ValueError(
@@ -213,10 +214,11 @@ class UniOVSegPredictor:
         original = (int(image.shape[0]), int(image.shape[1]))
         # The public transform and the model must agree on the resized size.
         assert tuple(valid) == self.transform.input_size(original), (valid, original)
-        features = self.model.backbone(images)
-        self._pixel_features = self.model.sem_seg_head.forward_features(features)
-        # Shared by every chunk of prompts of this image (projected keys and values...).
-        self._decoder_memory = self.model.prepare_prompt_decoding(self._pixel_features)
+        with self.model.inference_precision():
+            features = self.model.backbone(images)
+            self._pixel_features = self.model.sem_seg_head.forward_features(features)
+            # Shared by every chunk of prompts of this image (projected keys and values...).
+            self._decoder_memory = self.model.prepare_prompt_decoding(self._pixel_features)
         self._clip_dense = features["clip_vis_dense"]
         self.original_size = original
         self.input_size = (int(valid[0]), int(valid[1]))
@@ -468,12 +470,13 @@ class UniOVSegPredictor:
         chunk = max(1, int(self.model.prompts_per_chunk))
         logits, ious = [], []
         for start in range(0, prompts.shape[0], chunk):
-            out = self.model.decode_prompts(
-                self._decoder_memory,
-                prompts[start : start + chunk][None],
-                prompt_type=prompt_type,
-                input_size=self.padded_size,
-            )
+            with self.model.inference_precision():
+                out = self.model.decode_prompts(
+                    self._decoder_memory,
+                    prompts[start : start + chunk][None],
+                    prompt_type=prompt_type,
+                    input_size=self.padded_size,
+                )
             logits.append(out.mask_logits[0].float())
             ious.append(out.iou_logits[0].float().sigmoid())
         if logits:
@@ -529,10 +532,11 @@ class UniOVSegPredictor:
         if lowres.shape[0] == 0:
             empty = torch.zeros(0, device=self.device)
             return empty.long(), empty, None
-        embeds = self.model.region_embeddings(
-            self._clip_dense, self._pixel_features, lowres.float().sigmoid()
-        )
-        classification = self.model.open_vocab.text_classifier.predict(embeds)
+        with self.model.inference_precision():
+            embeds = self.model.region_embeddings(
+                self._clip_dense, self._pixel_features, lowres.float().sigmoid()
+            )
+        classification = self.model.open_vocab.text_classifier.predict(embeds.float())
         scores, labels = classification.probs.max(dim=1)
         return labels, scores, classification
 
@@ -557,12 +561,13 @@ class UniOVSegPredictor:
             return self._automatic_cache[1]
 
         def predict_fn(point_coords: torch.Tensor):
-            out = self.model.decode_prompts(
-                self._decoder_memory,
-                point_coords,
-                prompt_type="point",
-                input_size=self.padded_size,
-            )
+            with self.model.inference_precision():
+                out = self.model.decode_prompts(
+                    self._decoder_memory,
+                    point_coords,
+                    prompt_type="point",
+                    input_size=self.padded_size,
+                )
             return out.mask_logits, out.iou_logits
 
         result = engine.generate(

@@ -22,6 +22,8 @@ It follows detectron2's contract: ``model(list[dict]) -> dict of losses`` in tra
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -44,6 +46,8 @@ from uniovseg.modeling.segmentation_head import SegmentationHead
 __all__ = ["UniOVSeg"]
 
 _PROMPT_TYPES = ("point", "box")
+# MODEL.UNIOVSEG.TEST.AUTOCAST values -> torch.autocast dtypes ("": float32, no autocast).
+_AUTOCAST_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pad_prompt_rows(rows: list[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +92,7 @@ class UniOVSeg(nn.Module):
         aligner: MaskTextAligner | None = None,
         train_mask_branch: bool = True,
         open_vocab: OpenVocabInference | None = None,
+        inference_autocast: str = "",
     ) -> None:
         """
         Args:
@@ -106,6 +111,8 @@ class UniOVSeg(nn.Module):
             train_mask_branch: False freezes the pixel and prompt decoders (stage 2 default).
             open_vocab: Classification of automatic masks with a vocabulary (semantic and
                 panoptic outputs); None: class-agnostic masks only.
+            inference_autocast: ``""`` (float32), ``"bf16"`` or ``"fp16"``: ``torch.autocast``
+                around inference (see ``MODEL.UNIOVSEG.TEST.AUTOCAST``).
         """
         super().__init__()
         unknown = set(train_prompt_types) - set(_PROMPT_TYPES)
@@ -127,6 +134,12 @@ class UniOVSeg(nn.Module):
         self.train_prompt_types = tuple(train_prompt_types)
         self.test_input_size = int(test_input_size)
         self.prompts_per_chunk = int(prompts_per_chunk)
+        if inference_autocast not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"MODEL.UNIOVSEG.TEST.AUTOCAST={inference_autocast!r}: use one of "
+                f"{sorted(_AUTOCAST_DTYPES)} ('' is float32)"
+            )
+        self.inference_autocast = inference_autocast
         if aligner is not None and feature_adapter is None:
             raise ValueError("mask-text alignment trains the feature adapter: pass one")
         self.feature_adapter = feature_adapter
@@ -162,6 +175,7 @@ class UniOVSeg(nn.Module):
             "train_prompt_types": tuple(cfg.MODEL.UNIOVSEG.TRAIN_PROMPT_TYPES),
             "test_input_size": cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE,
             "prompts_per_chunk": cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK,
+            "inference_autocast": cfg.MODEL.UNIOVSEG.TEST.AUTOCAST,
             "open_vocab": OpenVocabInference(cfg, text_encoder=backbone),
         }
 
@@ -359,12 +373,24 @@ class UniOVSeg(nn.Module):
     @torch.no_grad()
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         results = []
-        for x in batched_inputs:
-            if "point_coords" in x or "box_prompts" in x:
-                results.append({"prompt_eval": self.predict_prompts_for_evaluation(x)})
-            else:
-                results.append(self.generate_automatic_masks(x))
+        with self.inference_precision():
+            for x in batched_inputs:
+                if "point_coords" in x or "box_prompts" in x:
+                    results.append({"prompt_eval": self.predict_prompts_for_evaluation(x)})
+                else:
+                    results.append(self.generate_automatic_masks(x))
         return results
+
+    def inference_precision(self) -> AbstractContextManager:
+        """``torch.autocast`` in the configured inference dtype, or a no-op for float32.
+
+        Matrix products and convolutions then run in bf16/fp16; the post-processing casts mask
+        and IoU logits to float32 before thresholds, stability scores and NMS.
+        """
+        if not self.inference_autocast:
+            return nullcontext()
+        dtype = _AUTOCAST_DTYPES[self.inference_autocast]
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _pad_to_input(self, image: torch.Tensor) -> torch.Tensor:
         """Normalised [3, h, w] -> [1, 3, S, S], zero (= mean colour) padding bottom/right."""
@@ -422,9 +448,14 @@ class UniOVSeg(nn.Module):
             region_embeds = self.region_embeddings(
                 features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
             )
-            output.update(
-                self.open_vocab(result, region_embeds, valid_size=valid_size, input_size=input_size)
-            )
+            # Classification and assembly in float32 whatever the inference precision: class
+            # scores are compared across thousands of pixels and masks.
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                output.update(
+                    self.open_vocab(
+                        result, region_embeds.float(), valid_size=valid_size, input_size=input_size
+                    )
+                )
             class_probs = output["mask_class_probs"]
             output["instances"].pred_classes = class_probs.argmax(dim=1)
             output["instances"].class_scores = class_probs.max(dim=1).values
