@@ -98,10 +98,11 @@ def mask_areas(masks: torch.Tensor, pixels_per_block: int = 1 << 24) -> torch.Te
     if masks.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=masks.device)
     flat = masks.reshape(masks.shape[0], -1)
-    ones = torch.ones((1, flat.shape[1]), dtype=torch.bool, device=masks.device)
-    counts = _int8_intersections(flat, ones)  # float32: exact below 2**24 pixels
-    if counts is not None and flat.shape[1] < 2**24:
-        return counts[:, 0].to(torch.int64)
+    if flat.shape[1] < 2**24:  # the int8 path returns float32 counts: exact below 2**24
+        ones = torch.ones((1, flat.shape[1]), dtype=torch.bool, device=masks.device)
+        counts = _int8_intersections(flat, ones)
+        if counts is not None:
+            return counts[:, 0].to(torch.int64)
     rows = max(1, pixels_per_block // max(1, flat.shape[1]))
     return torch.cat([block.sum(dim=1, dtype=torch.int64) for block in flat.split(rows)])
 
