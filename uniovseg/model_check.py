@@ -79,6 +79,7 @@ def build_and_run(*, config_file: str, opts: list[str], image_size: int) -> dict
     inference_seconds = time.perf_counter() - start
     if without_grad:
         raise RuntimeError(f"trainable parameters without gradient: {without_grad[:5]}")
+    total_loss = float(sum(loss.detach() for loss in losses.values()))
     return {
         "config": config_file,
         "device": str(model.device),
@@ -89,7 +90,7 @@ def build_and_run(*, config_file: str, opts: list[str], image_size: int) -> dict
         ),
         "parameters": f"{trainable / 1e6:.2f} M trainable, {frozen / 1e6:.2f} M frozen",
         "build": f"{build_seconds:.2f} s",
-        "training step": f"{len(losses)} loss terms, total {float(sum(losses.values())):.3f}, "
+        "training step": f"{len(losses)} loss terms, total {total_loss:.3f}, "
         f"forward+backward {train_seconds:.2f} s, every trainable parameter got a gradient",
         "automatic masks": f"{len(output['automatic_masks'])} masks kept on a random "
         f"{image.shape[1]}x{image.shape[2]} image in {inference_seconds:.2f} s",
