@@ -15,6 +15,7 @@ from uniovseg.modeling.mask_postprocessing import (
     masks_to_boxes,
     pairwise_mask_intersections,
     remove_small_regions,
+    resize_and_crop,
     stability_score,
 )
 
@@ -245,3 +246,34 @@ def test_rle_round_trip_with_pycocotools():
         assert np.array_equal(mask_util.decode(rle).astype(bool), mask.numpy())
         assert int(mask_util.area(rle)) == int(mask.sum())
     assert encode_masks_rle(np.zeros((0, 4, 4), dtype=bool)) == []
+
+
+# ---------------------------------------------------------------- resizing
+
+
+@pytest.mark.parametrize(
+    ("maps_size", "frame_size"),
+    [((8, 8), (32, 32)), ((16, 12), (64, 48)), ((7, 5), (20, 11)), ((64, 64), (128, 128))],
+)
+def test_resize_and_crop_is_resize_then_crop_to_the_bit(maps_size, frame_size):
+    """Integer scales (the first, second and last cases) resize only the rows the crop reads;
+    a fractional one (the third) resizes everything. Either way: the same floats."""
+    torch.manual_seed(0)
+    maps = torch.randn(3, *maps_size)
+    full = torch.nn.functional.interpolate(
+        maps[:, None], size=frame_size, mode="bilinear", align_corners=False
+    )[:, 0]
+    for crop_h in range(1, frame_size[0] + 1):
+        for crop_w in sorted({1, frame_size[1] // 2, frame_size[1]}):
+            out = resize_and_crop(maps, frame_size, (crop_h, crop_w))
+            assert torch.equal(out, full[:, :crop_h, :crop_w]), (crop_h, crop_w)
+
+
+def test_resize_and_crop_identity_empty_and_errors():
+    maps = torch.randn(2, 6, 4)
+    assert torch.equal(resize_and_crop(maps, (6, 4), (5, 3)), maps[:, :5, :3])
+    assert resize_and_crop(maps[:0], (12, 8), (9, 8)).shape == (0, 9, 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        resize_and_crop(maps, (12, 8), (13, 8))
+    with pytest.raises(ValueError, match=r"\[K, h, w\]"):
+        resize_and_crop(maps[0], (12, 8), (12, 8))

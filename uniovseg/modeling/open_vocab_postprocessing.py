@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
-from .mask_postprocessing import mask_areas
+from .mask_postprocessing import mask_areas, resize_and_crop
 
 __all__ = [
     "OpenVocabPostprocessor",
@@ -74,11 +74,12 @@ def resize_mask_logits(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = mask_logits.new_empty((mask_logits.shape[0], *output_size))
     for start in range(0, mask_logits.shape[0], chunk_size):
-        chunk = mask_logits[start : start + chunk_size, None]
-        chunk = F.interpolate(chunk, size=padded, mode="bilinear", align_corners=False)
-        chunk = chunk[..., : input_size[0], : input_size[1]]
-        chunk = F.interpolate(chunk, size=tuple(output_size), mode="bilinear", align_corners=False)
-        out[start : start + chunk_size] = chunk[:, 0]
+        chunk = resize_and_crop(mask_logits[start : start + chunk_size], padded, input_size)
+        if tuple(input_size) != tuple(output_size):  # else the second resize is the identity
+            chunk = F.interpolate(
+                chunk[:, None], size=tuple(output_size), mode="bilinear", align_corners=False
+            )[:, 0]
+        out[start : start + chunk_size] = chunk
     return out
 
 
