@@ -5,11 +5,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
+from uniovseg.inference import automatic_mask_generator
 from uniovseg.inference.automatic_mask_generator import (
     AutomaticMaskGenerationEngine,
     to_sam_records,
 )
 from uniovseg.inference.point_grid import build_point_grid
+from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
 
 # ---------------------------------------------------------------- point grid
 
@@ -165,6 +167,45 @@ def test_unstable_masks_are_filtered():
 
     assert len(_generate(_engine(), Soft())) == 0
     assert len(_generate(_engine(stability_score_thresh=0.0), Soft())) > 0
+
+
+def test_mask_probs_are_the_soft_masks_of_the_kept_masks():
+    engine, net = _engine(), FakeNetwork()
+    plain = _generate(engine, net)
+    assert plain.mask_probs is None
+    result = engine.generate(
+        net, valid_size=VALID, input_size=INPUT, original_size=ORIGINAL, return_mask_probs=True
+    )
+    assert torch.equal(result.masks, plain.masks)
+    # What open-vocabulary inference would otherwise compute from the low-res logits.
+    expected = resize_mask_logits(
+        result.mask_logits_lowres, input_size=VALID, output_size=ORIGINAL, padded_size=INPUT
+    ).sigmoid()
+    assert torch.equal(result.mask_probs, expected)
+    empty = engine.generate(
+        FakeNetwork(iou_offset=-20.0),
+        valid_size=VALID,
+        input_size=INPUT,
+        original_size=ORIGINAL,
+        return_mask_probs=True,
+    )
+    assert empty.mask_probs.shape == (0, *ORIGINAL)
+
+
+def test_gathering_rows_from_selected_and_plain_pieces():
+    """Kept low-res logits live in per-chunk pieces, some of them row selections of the chunk's
+    tensor; gathering the NMS survivors equals indexing their concatenation."""
+    plain = torch.arange(12.0).reshape(3, 2, 2)
+    chunk = 100 + torch.arange(20.0).reshape(5, 2, 2)
+    rows = torch.tensor([0, 2, 3, 4])
+    selection = automatic_mask_generator._select_rows(chunk, torch.isin(torch.arange(5), rows))
+    assert isinstance(selection, automatic_mask_generator._RowSelection)  # most rows kept
+    indices = torch.tensor([6, 0, 3, 2, 4])
+    gathered = automatic_mask_generator._gather_rows([plain, selection], indices)
+    assert torch.equal(gathered, torch.cat([plain, chunk[rows]])[indices])
+    # Few rows kept: copied out at once.
+    few = automatic_mask_generator._select_rows(chunk, torch.arange(5) == 1)
+    assert torch.equal(few, chunk[1:2])
 
 
 def test_small_region_removal_option_runs_and_keeps_clean_masks():

@@ -43,10 +43,12 @@ STAGE_LABELS: dict[str, str] = {
     "pixel_decoder": "pixel decoder (deformable encoder + FPN)",
     "mask_decoder": "prompt + mask decoder (all grid chunks)",
     "synthetic_mask_logits": "synthetic mask logits (benchmark only, not model cost)",
-    "mask_postprocess": "mask post-processing (filters, stability, NMS, upsampling)",
+    "mask_postprocess": "mask post-processing (filters, stability, NMS, upsampling, soft masks)",
     "region_embedding": "region embedding (mask pooling + adapter + projection)",
     "classification": "classification (text classifier)",
-    "mask_resize": "mask resize to original size (open-vocab)",
+    # The generator returns the soft masks at the original size (it resizes the kept masks
+    # anyway); this stage only resizes them when it did not.
+    "mask_resize": "soft masks at the original size, if not from post-processing",
     "semantic_assembly": "semantic assembly",
     "panoptic_assembly": "panoptic assembly",
 }
@@ -132,6 +134,8 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
             )
         return out.mask_logits, out.iou_logits
 
+    open_vocab = model.open_vocab
+    has_vocabulary = open_vocab is not None and open_vocab.text_classifier.num_classes > 0
     with timer.stage("mask_postprocess"):
         result = model.mask_generator.generate(
             predict,
@@ -139,10 +143,10 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
             input_size=input_size,
             original_size=original_size,
             device=model.device,
+            return_mask_probs=has_vocabulary,
         )
         instances = automatic_result_to_instances(result)
-    open_vocab = model.open_vocab
-    if open_vocab is None or open_vocab.text_classifier.num_classes == 0:
+    if not has_vocabulary:
         return len(result)
     with timer.stage("region_embedding"):
         region_embeds = model.region_embeddings(
@@ -152,13 +156,15 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
         classification = open_vocab.text_classifier.predict(region_embeds)
         instances.pred_classes = classification.probs.argmax(dim=1)
         instances.class_scores = classification.probs.max(dim=1).values
-    with timer.stage("mask_resize"):
-        mask_probs = resize_mask_logits(
-            result.mask_logits_lowres,
-            input_size=valid_size,
-            output_size=result.original_size,
-            padded_size=input_size,
-        ).sigmoid()
+    with timer.stage("mask_resize"):  # as OpenVocabInference: the generator's, if it kept them
+        mask_probs = result.mask_probs
+        if mask_probs is None:
+            mask_probs = resize_mask_logits(
+                result.mask_logits_lowres,
+                input_size=valid_size,
+                output_size=result.original_size,
+                padded_size=input_size,
+            ).sigmoid()
     with timer.stage("semantic_assembly"):
         semantic = open_vocab.postprocessor.semantic(
             mask_probs, classification.probs, mask_scores=result.iou_scores

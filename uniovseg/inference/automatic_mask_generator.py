@@ -25,19 +25,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from detectron2.config import configurable
-from torch.nn import functional as F
 
 from ..modeling.mask_postprocessing import (
     encode_masks_rle,
     mask_nms,
     masks_to_boxes,
     remove_small_regions,
+    resize_and_crop,
     stability_score,
 )
+from ..modeling.open_vocab_postprocessing import resize_mask_logits
 from .point_grid import build_point_grid
 
 __all__ = ["AutomaticMaskGenerationEngine", "AutomaticMaskResult", "PredictFn", "to_sam_records"]
@@ -69,6 +71,10 @@ class AutomaticMaskResult:
         point_indices: int64 [K], index of the prompt in the row-major point grid.
         granularity_indices: int64 [K], which of the point's multi-mask outputs (0..M-1).
         original_size: (H0, W0).
+        mask_probs: float32 [K, H0, W0], the sigmoid of the logits that ``masks`` threshold
+            (before the small-region clean-up), when ``generate(return_mask_probs=True)``: the
+            soft masks of semantic/panoptic assembly, computed here once instead of resizing
+            the low-res logits a second time. None otherwise.
     """
 
     masks: torch.Tensor
@@ -80,6 +86,7 @@ class AutomaticMaskResult:
     point_indices: torch.Tensor
     granularity_indices: torch.Tensor
     original_size: tuple[int, int]
+    mask_probs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
@@ -168,6 +175,7 @@ class AutomaticMaskGenerationEngine:
         input_size: tuple[int, int],
         original_size: tuple[int, int],
         device: torch.device | str | None = None,
+        return_mask_probs: bool = False,
     ) -> AutomaticMaskResult:
         """Runs the point grid through ``predict_fn`` and returns the de-duplicated masks.
 
@@ -179,6 +187,8 @@ class AutomaticMaskGenerationEngine:
             input_size: ``(S_h, S_w)`` of the padded input frame.
             original_size: ``(H0, W0)`` of the original image; returned masks have this size.
             device: Where the point grid is built (the network's device); default CPU.
+            return_mask_probs: Also return the kept masks' probabilities at the original size
+                (``AutomaticMaskResult.mask_probs``).
 
         Returns:
             An :class:`AutomaticMaskResult` on the device of ``predict_fn``'s outputs; K = 0 is a
@@ -226,11 +236,9 @@ class AutomaticMaskGenerationEngine:
             del mask_logits  # only the passing masks stay alive (all of them: `lowres` views them)
             # Stability on the work-frame logits: the release's demo scores full-resolution
             # logits; an area ratio barely changes at half resolution and this bounds memory.
-            work_masks, stability = self._work_frame(lowres, work_size, work_valid)
-            # Empty masks in the work frame (a few pixels at most) cannot be de-duplicated.
-            ok = (stability >= self.stability_score_thresh) & work_masks.flatten(1).any(dim=1)
-            kept["lowres"].append(_select(lowres, ok))
-            kept["work"].append(_select(work_masks, ok))
+            work_masks, stability, ok = self._work_frame(lowres, work_size, work_valid)
+            kept["lowres"].append(_select_rows(lowres, ok))
+            kept["work"].append(work_masks)
             kept["iou"].append(iou_probs[point_idx, gran_idx][ok])
             kept["stability"].append(stability[ok])
             kept["point"].append(point_idx[ok] + start)
@@ -240,7 +248,7 @@ class AutomaticMaskGenerationEngine:
         assert lowres_shape is not None  # the grid has >= 1 point
         if not kept["iou"] or sum(t.numel() for t in kept["iou"]) == 0:
             logger.debug("automatic mask generation: no mask passed the score filters")
-            return _empty_result(original_size, lowres_shape, out_device)
+            return _empty_result(original_size, lowres_shape, out_device, return_mask_probs)
         # The candidates' low-res logits stay in their per-chunk pieces: only the few masks
         # that survive NMS are gathered from them (a concatenation would copy them all).
         lowres_pieces = kept.pop("lowres")
@@ -260,7 +268,9 @@ class AutomaticMaskGenerationEngine:
         cat["lowres"] = _gather_rows(lowres_pieces, keep)
         del lowres_pieces
 
-        masks = self._to_original(cat["lowres"], valid_size, input_size, original_size)
+        masks, mask_probs = self._to_original(
+            cat["lowres"], valid_size, input_size, original_size, return_mask_probs
+        )
         if self.min_region_area > 0:
             masks = self._remove_small_regions(masks)
         # A mask can vanish at a much smaller original size; such masks carry nothing.
@@ -268,6 +278,7 @@ class AutomaticMaskGenerationEngine:
         if not bool(nonempty.all()):
             masks = masks[nonempty]
             cat = {k: v[nonempty] for k, v in cat.items()}
+            mask_probs = mask_probs[nonempty] if mask_probs is not None else None
 
         scale = torch.tensor(
             [original_size[1] / valid_size[1], original_size[0] / valid_size[0]],
@@ -289,22 +300,43 @@ class AutomaticMaskGenerationEngine:
             point_indices=cat["point"],
             granularity_indices=cat["granularity"],
             original_size=(int(original_size[0]), int(original_size[1])),
+            mask_probs=mask_probs,
         )
 
     def _work_frame(
         self, lowres: torch.Tensor, work_size: tuple[int, int], work_valid: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits [k, h, w] -> (bool masks [k, *work_valid], stability scores [k]) in the
-        work frame; float copies exist for _UPSAMPLE_BATCH masks at a time only."""
-        masks = torch.zeros((lowres.shape[0], *work_valid), dtype=torch.bool, device=lowres.device)
-        stability = torch.zeros(lowres.shape[0], dtype=torch.float32, device=lowres.device)
-        for s in range(0, lowres.shape[0], _UPSAMPLE_BATCH):
-            logits = _resize_crop(lowres[s : s + _UPSAMPLE_BATCH], work_size, work_valid)
-            stability[s : s + _UPSAMPLE_BATCH] = stability_score(
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Low-res logits [k, h, w] -> stability scores [k], which masks pass the stability
+        filter (bool [k]) and the work-frame bool masks of those only, [k_ok, *work_valid].
+        Float copies exist for _UPSAMPLE_BATCH masks at a time only."""
+        num = lowres.shape[0]
+        # Rows are filled front to back with the masks that pass; the rest is never written
+        # (and, on CPU, never committed to memory).
+        masks = torch.empty((num, *work_valid), dtype=torch.bool, device=lowres.device)
+        stability = torch.empty(num, dtype=torch.float32, device=lowres.device)
+        ok = torch.empty(num, dtype=torch.bool, device=lowres.device)
+        # A mask passing a positive stability threshold has pixels above center + offset; when
+        # that level is >= 0 they are inside the mask, so it cannot be empty.
+        nonempty_implied = (
+            self.stability_score_thresh > 0
+            and self.stability_score_center + self.stability_score_offset >= 0
+        )
+        filled = 0
+        for s in range(0, num, _UPSAMPLE_BATCH):
+            logits = resize_and_crop(lowres[s : s + _UPSAMPLE_BATCH], work_size, work_valid)
+            scores = stability_score(
                 logits, self.stability_score_offset, self.stability_score_center
             )
-            masks[s : s + _UPSAMPLE_BATCH] = logits > 0
-        return masks, stability
+            good = scores >= self.stability_score_thresh
+            if not nonempty_implied:
+                # Empty masks in the work frame (a few pixels at most) cannot be de-duplicated.
+                good &= (logits > 0).flatten(1).any(dim=1)
+            stability[s : s + _UPSAMPLE_BATCH] = scores
+            ok[s : s + _UPSAMPLE_BATCH] = good
+            count = int(good.sum())
+            torch.gt(_select(logits, good), 0, out=masks[filled : filled + count])
+            filled += count
+        return masks[:filled], stability, ok
 
     @staticmethod
     def _to_original(
@@ -312,17 +344,27 @@ class AutomaticMaskGenerationEngine:
         valid_size: tuple[int, int],
         input_size: tuple[int, int],
         original_size: tuple[int, int],
-    ) -> torch.Tensor:
-        """Low-res logits [K, h, w] -> bool masks [K, H0, W0]: upsample to the input frame, crop
-        the padding away, resize to the original size, threshold at logit 0."""
-        out = torch.zeros((lowres.shape[0], *original_size), dtype=torch.bool, device=lowres.device)
+        return_probs: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Low-res logits [K, h, w] -> (bool masks [K, H0, W0], their probabilities or None):
+        upsample to the input frame, crop the padding away, resize to the original size,
+        threshold at logit 0."""
+        shape = (lowres.shape[0], *original_size)
+        masks = torch.empty(shape, dtype=torch.bool, device=lowres.device)
+        probs = None
+        if return_probs:
+            probs = torch.empty(shape, dtype=torch.float32, device=lowres.device)
         for s in range(0, lowres.shape[0], _UPSAMPLE_BATCH):
-            logits = _resize_crop(lowres[s : s + _UPSAMPLE_BATCH], input_size, valid_size)
-            logits = F.interpolate(
-                logits[:, None], size=tuple(original_size), mode="bilinear", align_corners=False
-            )[:, 0]
-            out[s : s + _UPSAMPLE_BATCH] = logits > 0
-        return out
+            logits = resize_mask_logits(
+                lowres[s : s + _UPSAMPLE_BATCH],
+                input_size=valid_size,
+                output_size=original_size,
+                padded_size=input_size,
+            )
+            torch.gt(logits, 0, out=masks[s : s + _UPSAMPLE_BATCH])
+            if probs is not None:
+                torch.sigmoid(logits, out=probs[s : s + _UPSAMPLE_BATCH])
+        return masks, probs
 
     def _remove_small_regions(self, masks: torch.Tensor) -> torch.Tensor:
         # cv2 connected components on CPU; only the few returned masks go through it. Unlike
@@ -331,16 +373,29 @@ class AutomaticMaskGenerationEngine:
         return torch.from_numpy(np.stack(cleaned)).to(masks.device)
 
 
-def _gather_rows(pieces: list[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
+class _RowSelection(NamedTuple):
+    """Some rows of a tensor, by index, not yet copied out (see :func:`_select_rows`)."""
+
+    tensor: torch.Tensor  # [N, ...]
+    rows: torch.Tensor  # int64 [n], the selected rows of `tensor`
+
+
+def _gather_rows(pieces: list[torch.Tensor | _RowSelection], indices: torch.Tensor) -> torch.Tensor:
     """``torch.cat(pieces)[indices]`` without concatenating the pieces first."""
-    first = pieces[0]
+    first = pieces[0].tensor if isinstance(pieces[0], _RowSelection) else pieces[0]
     out = first.new_empty((indices.numel(), *first.shape[1:]))
     start = 0
     for piece in pieces:  # one indexing per chunk of prompts, not per mask
-        inside = (indices >= start) & (indices < start + piece.shape[0])
+        size = piece.rows.numel() if isinstance(piece, _RowSelection) else piece.shape[0]
+        inside = (indices >= start) & (indices < start + size)
         if bool(inside.any()):
-            out[inside.to(out.device)] = piece[(indices[inside] - start).to(piece.device)]
-        start += piece.shape[0]
+            local = indices[inside] - start
+            if isinstance(piece, _RowSelection):
+                rows = piece.tensor[piece.rows[local.to(piece.rows.device)]]
+            else:
+                rows = piece[local.to(piece.device)]
+            out[inside.to(out.device)] = rows
+        start += size
     return out
 
 
@@ -349,23 +404,20 @@ def _select(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return tensor if bool(keep.all()) else tensor[keep]
 
 
-def _resize_crop(
-    logits: torch.Tensor, frame_size: tuple[int, int], crop_size: tuple[int, int]
-) -> torch.Tensor:
-    """Bilinear resize of [K, h, w] logits covering the padded frame to ``frame_size``, then keep
-    the top-left ``crop_size`` (the valid region)."""
-    if logits.shape[0] == 0:
-        return logits.new_zeros((0, *crop_size))
-    resized = F.interpolate(
-        logits[:, None], size=tuple(frame_size), mode="bilinear", align_corners=False
-    )[:, 0]
-    return resized[:, : crop_size[0], : crop_size[1]]
+def _select_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The rows ``keep`` of ``tensor`` for later gathering: ``tensor[keep]``, except that when
+    most rows are kept the whole tensor is returned (with ``keep`` stored for the gather), which
+    skips a large copy at the price of holding the few dropped rows a little longer."""
+    if bool(keep.all()) or int(keep.sum()) < keep.numel() // 2:
+        return _select(tensor, keep)
+    return _RowSelection(tensor, torch.nonzero(keep).flatten())
 
 
 def _empty_result(
     original_size: tuple[int, int],
     lowres_shape: tuple[int, int],
     device: torch.device | None,
+    return_mask_probs: bool,
 ) -> AutomaticMaskResult:
     dtype = torch.float32
     long = {"dtype": torch.long, "device": device}
@@ -379,6 +431,11 @@ def _empty_result(
         point_indices=torch.zeros(0, **long),
         granularity_indices=torch.zeros(0, **long),
         original_size=(int(original_size[0]), int(original_size[1])),
+        mask_probs=(
+            torch.zeros((0, *original_size), dtype=dtype, device=device)
+            if return_mask_probs
+            else None
+        ),
     )
 
 

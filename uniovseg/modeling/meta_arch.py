@@ -436,15 +436,19 @@ class UniOVSeg(nn.Module):
             )
             return out.mask_logits, out.iou_logits
 
+        open_vocab = self.open_vocab is not None and self.open_vocab.enabled
         result = self.mask_generator.generate(
             predict,
             valid_size=valid_size,
             input_size=input_size,
             original_size=original_size,
             device=self.device,
+            # Semantic/panoptic assembly needs the soft masks at the original size: the
+            # generator has them in hand when it thresholds the kept masks.
+            return_mask_probs=open_vocab,
         )
         output = {"automatic_masks": result, "instances": automatic_result_to_instances(result)}
-        if self.open_vocab is not None and self.open_vocab.enabled:
+        if open_vocab:
             region_embeds = self.region_embeddings(
                 features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
             )

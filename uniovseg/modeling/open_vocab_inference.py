@@ -130,7 +130,8 @@ class OpenVocabInference:
         """
         Args:
             result: The automatic masks of one image (``mask_logits_lowres`` cover the padded
-                input; ``iou_scores`` are their quality).
+                input; ``iou_scores`` are their quality). Its ``mask_probs``, when present,
+                are used as the soft masks; otherwise they are resized from the low-res logits.
             region_embeds: [K, D] embeddings of those masks in CLIP space.
             valid_size: (h, w) of the resized image inside the padded input.
             input_size: (S_h, S_w) of the padded input.
@@ -140,12 +141,14 @@ class OpenVocabInference:
             segments_info), plus ``mask_class_probs`` [K, C].
         """
         classification = self.text_classifier.predict(region_embeds)
-        mask_probs = resize_mask_logits(
-            result.mask_logits_lowres,
-            input_size=valid_size,
-            output_size=result.original_size,
-            padded_size=input_size,
-        ).sigmoid()
+        mask_probs = result.mask_probs
+        if mask_probs is None:
+            mask_probs = resize_mask_logits(
+                result.mask_logits_lowres,
+                input_size=valid_size,
+                output_size=result.original_size,
+                padded_size=input_size,
+            ).sigmoid()
         outputs = {"mask_class_probs": classification.probs}
         if "sem_seg" in self.outputs:
             outputs["sem_seg"] = self.postprocessor.semantic(
