@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from uniovseg.benchmarking import (
+    PATH_STAGES,
     STAGE_LABELS,
     PeakMemoryMeter,
     StageFlopCounter,
@@ -265,7 +266,11 @@ def test_tiny_run_writes_json_and_markdown_with_every_section(tmp_path, capsys):
     for stage in ("backbone", "pixel_decoder", "mask_decoder", "region_embedding"):
         assert flops[stage] > 0, stage
     assert "preprocess" not in flops or flops["preprocess"] == 0  # resizing is element-wise
-    assert "inference[fp32]" in report["targets"]
+    target = report["targets"]["inference[fp32]"]
+    # The floor counts the same operations as the stages: at least the backbone's own.
+    expected_floor = sum(flops.get(s, 0.0) for s in PATH_STAGES["semantic"]) / flops["backbone"]
+    assert target["semantic_compute_floor"] == pytest.approx(expected_floor)
+    assert target["semantic_compute_floor"] > 1.0
     text = items["text_classifier_ade20k_150"]
     assert text["extrapolated"] and text["prompts"] == 14 * text["synonyms"]
     assert text["timed_prompts"] >= 28
