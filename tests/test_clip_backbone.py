@@ -11,6 +11,7 @@ from uniovseg.modeling.clip_backbone import (
     build_clip_backbone,
     load_open_clip,
 )
+from uniovseg.modeling.clip_text_encoding import can_skip_padding, pooled_token_positions
 from uniovseg.modeling.open_clip_loading import read_clip_state_dict
 
 TINY = "uniovseg_tiny_convnext"
@@ -193,6 +194,8 @@ def test_encode_text_matches_open_clip(chunk_size):
         "road",
         "x",
         "grass",
+        "",  # start and end of text only
+        "a very long caption " * 30,  # cut at the context length, EOT in the last position
     ]
     embeds = backbone.encode_text(texts)
     tokens = backbone.tokenizer(texts)
@@ -206,6 +209,36 @@ def test_encode_text_matches_open_clip(chunk_size):
         backbone.encode_text(texts, normalize=False), expected_raw, rtol=1e-4, atol=1e-5
     )
     assert backbone.encode_text([]).shape == (0, backbone.embed_dim)
+
+
+def test_text_tower_runs_only_up_to_each_chunks_last_end_of_text():
+    """The tower is causal and pools the EOT token, so positions after it are skipped; texts
+    are batched by length (chunk size 2: the two short texts together)."""
+    backbone = _tiny_backbone(text_chunk_size=2)
+    assert can_skip_padding(backbone.clip_model)
+    lengths = []
+    hook = backbone.clip_model.transformer.register_forward_hook(
+        lambda module, args, output: lengths.append(args[0].shape[1])
+    )
+    texts = ["a photo of a small dog in the scene.", "sky", "a photo of a cat.", "x"]
+    positions = pooled_token_positions(backbone.clip_model, backbone.tokenizer(texts))
+    embeds = backbone.encode_text(texts)
+    hook.remove()
+    assert sorted(lengths) == sorted([int(positions[[1, 3]].max()) + 1, int(positions.max()) + 1])
+    assert max(lengths) < backbone.tokenizer(texts).shape[1]
+    with torch.no_grad():
+        expected = backbone.clip_model.encode_text(backbone.tokenizer(texts), normalize=True)
+    torch.testing.assert_close(embeds, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_non_causal_text_towers_run_whole():
+    backbone = _tiny_backbone()
+    backbone.clip_model.attn_mask = torch.zeros_like(backbone.clip_model.attn_mask)
+    assert not can_skip_padding(backbone.clip_model)
+    texts = ["a cat", "There is a tree in the scene"]
+    with torch.no_grad():
+        expected = backbone.clip_model.encode_text(backbone.tokenizer(texts), normalize=True)
+    torch.testing.assert_close(backbone.encode_text(texts), expected)
 
 
 def test_encode_text_rejects_a_bare_string(backbone):

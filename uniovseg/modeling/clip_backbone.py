@@ -22,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from .clip_text_encoding import can_skip_padding, encode_text_tokens, pooled_token_positions
 from .open_clip_loading import load_open_clip
 
 logger = logging.getLogger(__name__)
@@ -219,14 +220,26 @@ class CLIPConvNeXtBackbone(Backbone):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("encode_text expects a list of strings, e.g. ['a photo of a cat.'].")
         device = self.clip_model.logit_scale.device
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self._text_chunk_size):
-                tokens = self._tokenizer(list(texts[start : start + self._text_chunk_size]))
-                chunks.append(self.clip_model.encode_text(tokens.to(device), normalize=normalize))
-        if not chunks:
+        if not texts:
             return torch.zeros(0, self.embed_dim, device=device)
-        return torch.cat(chunks)
+        with torch.no_grad():
+            tokens = self._tokenizer(list(texts)).to(device)
+            if not can_skip_padding(self.clip_model):
+                chunks = [
+                    self.clip_model.encode_text(chunk, normalize=normalize)
+                    for chunk in tokens.split(self._text_chunk_size)
+                ]
+                return torch.cat(chunks)
+            # Texts sorted by length, so that each chunk stops at its own longest text.
+            positions = pooled_token_positions(self.clip_model, tokens)
+            order = torch.argsort(positions, stable=True)
+            embeds = None
+            for chunk in order.split(self._text_chunk_size):
+                chunk_embeds = encode_text_tokens(self.clip_model, tokens[chunk], positions[chunk])
+                if embeds is None:
+                    embeds = chunk_embeds.new_empty((len(texts), chunk_embeds.shape[-1]))
+                embeds[chunk] = chunk_embeds
+        return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def output_shape(self) -> dict[str, ShapeSpec]:
         """ShapeSpec(channels, stride) of res2..res5 and clip_vis_dense."""
