@@ -100,7 +100,7 @@ class AutomaticMaskGenerationEngine:
         self,
         *,
         points_per_side: int = 20,
-        points_per_batch: int = 100,
+        points_per_batch: int = 200,
         pred_iou_thresh: float = 0.619,
         stability_score_thresh: float = 0.92,
         stability_score_offset: float = 0.1,
