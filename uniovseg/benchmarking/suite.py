@@ -40,19 +40,20 @@ logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
-# Rough seconds per unit on the reference machine (2-core AMD EPYC VM, 2 threads, fp32, load
-# about 3 from other jobs), only used to print a cost estimate before a run. "full" is the
-# paper's ConvNeXt-L configuration at a 1024 input, "tiny" configs/tiny at 128. "pipeline" is one
-# image through the whole open-vocabulary path, "prompt" one prompt through the text tower.
-# The full training steps were not measured when these were set: guesses, refine after a run.
+# Rough seconds per unit on the reference machine (2-core AMD EPYC VM, 2 threads, fp32, quiet),
+# only used to print a cost estimate before a run. "full" is the paper's ConvNeXt-L configuration
+# at a 1024 input, "tiny" configs/tiny at 128. "pipeline" is one image through the whole
+# open-vocabulary path (plus its share of the operation-counting run), "prompt" one prompt
+# through the text tower. Measured at commit ebf5b8b (the inference item took 225 s with
+# --repeat 1, the ADE20K-847 classifier 307 s, the full training items 153 s and 87 s).
 _REFERENCE_SECONDS = {
     "full": {
-        "build": 8.0,
-        "pipeline": 45.0,
-        "backbone": 18.0,
-        "prompt": 0.15,
-        "train_stage1": 90.0,
-        "train_stage2": 80.0,
+        "build": 3.0,
+        "pipeline": 16.0,
+        "backbone": 7.5,
+        "prompt": 0.017,
+        "train_stage1": 35.0,
+        "train_stage2": 20.0,
     },
     "tiny": {
         "build": 1.5,
