@@ -152,6 +152,31 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
         region_embeds = model.region_embeddings(
             features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
         )
+    # As the model: classification and assembly in float32 whatever the inference precision.
+    with torch.autocast(device_type=model.device.type, enabled=False):
+        _open_vocab_stages(
+            open_vocab,
+            result,
+            region_embeds.float(),
+            instances,
+            timer,
+            valid_size=valid_size,
+            input_size=input_size,
+        )
+    return len(result)
+
+
+def _open_vocab_stages(
+    open_vocab,
+    result,
+    region_embeds: torch.Tensor,
+    instances,
+    timer: StageTimer,
+    *,
+    valid_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> None:
+    """The timed stages of ``OpenVocabInference.__call__`` (both assemblies)."""
     with timer.stage("classification"):
         classification = open_vocab.text_classifier.predict(region_embeds)
         instances.pred_classes = classification.probs.argmax(dim=1)
@@ -178,7 +203,6 @@ def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
             mask_scores=result.iou_scores,
             void_probs=classification.void_probs,
         )
-    return len(result)
 
 
 def _time_over_images(
