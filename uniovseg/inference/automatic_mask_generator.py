@@ -406,8 +406,8 @@ def _select(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def _select_rows(tensor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The rows ``keep`` of ``tensor`` for later gathering: ``tensor[keep]``, except that when
-    most rows are kept the whole tensor is returned (with ``keep`` stored for the gather), which
-    skips a large copy at the price of holding the few dropped rows a little longer."""
+    most rows are kept, a :class:`_RowSelection` (the whole tensor and the kept row indices),
+    which skips a large copy at the price of holding the few dropped rows a little longer."""
     if bool(keep.all()) or int(keep.sum()) < keep.numel() // 2:
         return _select(tensor, keep)
     return _RowSelection(tensor, torch.nonzero(keep).flatten())

@@ -79,7 +79,7 @@ def resize_and_crop(
         crop_size: (H_c, W_c) <= frame_size, the region kept.
 
     Returns:
-        float [K, H_c, W_c] (a view of a new tensor).
+        float [K, H_c, W_c]; a view of ``maps`` itself when they already have the frame's size.
     """
     if maps.dim() != 3:
         raise ValueError(f"maps must be [K, h, w], got {tuple(maps.shape)}")
