@@ -11,6 +11,7 @@ from uniovseg.inference.automatic_mask_generator import (
     to_sam_records,
 )
 from uniovseg.inference.point_grid import build_point_grid
+from uniovseg.modeling.open_vocab_inference import soft_masks
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
 
 # ---------------------------------------------------------------- point grid
@@ -182,6 +183,10 @@ def test_mask_probs_are_the_soft_masks_of_the_kept_masks():
         result.mask_logits_lowres, input_size=VALID, output_size=ORIGINAL, padded_size=INPUT
     ).sigmoid()
     assert torch.equal(result.mask_probs, expected)
+    # Open-vocabulary inference takes them as they are, or resizes the logits itself.
+    sizes = {"valid_size": VALID, "input_size": INPUT}
+    assert soft_masks(result, **sizes) is result.mask_probs
+    assert torch.equal(soft_masks(plain, **sizes), expected)
     empty = engine.generate(
         FakeNetwork(iou_offset=-20.0),
         valid_size=VALID,

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from uniovseg.modeling.meta_arch import automatic_result_to_instances
-from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
+from uniovseg.modeling.open_vocab_inference import soft_masks
 
 from .flops import StageFlopCounter
 from .inputs import BenchmarkImage, SyntheticMaskLogits
@@ -181,15 +181,8 @@ def _open_vocab_stages(
         classification = open_vocab.text_classifier.predict(region_embeds)
         instances.pred_classes = classification.probs.argmax(dim=1)
         instances.class_scores = classification.probs.max(dim=1).values
-    with timer.stage("mask_resize"):  # as OpenVocabInference: the generator's, if it kept them
-        mask_probs = result.mask_probs
-        if mask_probs is None:
-            mask_probs = resize_mask_logits(
-                result.mask_logits_lowres,
-                input_size=valid_size,
-                output_size=result.original_size,
-                padded_size=input_size,
-            ).sigmoid()
+    with timer.stage("mask_resize"):  # the generator's, if it returned them
+        mask_probs = soft_masks(result, valid_size=valid_size, input_size=input_size)
     with timer.stage("semantic_assembly"):
         semantic = open_vocab.postprocessor.semantic(
             mask_probs, classification.probs, mask_scores=result.iou_scores

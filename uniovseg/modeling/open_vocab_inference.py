@@ -32,6 +32,21 @@ _OUTPUTS = ("sem_seg", "panoptic_seg")
 _OUTPUTS_BY_EVALUATOR = {"sem_seg": ("sem_seg",), "coco_panoptic_seg": ("panoptic_seg",)}
 
 
+def soft_masks(
+    result: AutomaticMaskResult, *, valid_size: tuple[int, int], input_size: tuple[int, int]
+) -> torch.Tensor:
+    """The automatic masks' probabilities [K, H0, W0] at the original size: the generator's
+    ``mask_probs`` when it returned them, else its low-res logits resized (padding cropped)."""
+    if result.mask_probs is not None:
+        return result.mask_probs
+    return resize_mask_logits(
+        result.mask_logits_lowres,
+        input_size=valid_size,
+        output_size=result.original_size,
+        padded_size=input_size,
+    ).sigmoid()
+
+
 class OpenVocabInference:
     """Classifies automatic masks with a vocabulary and assembles semantic/panoptic outputs."""
 
@@ -141,14 +156,7 @@ class OpenVocabInference:
             segments_info), plus ``mask_class_probs`` [K, C].
         """
         classification = self.text_classifier.predict(region_embeds)
-        mask_probs = result.mask_probs
-        if mask_probs is None:
-            mask_probs = resize_mask_logits(
-                result.mask_logits_lowres,
-                input_size=valid_size,
-                output_size=result.original_size,
-                padded_size=input_size,
-            ).sigmoid()
+        mask_probs = soft_masks(result, valid_size=valid_size, input_size=input_size)
         outputs = {"mask_class_probs": classification.probs}
         if "sem_seg" in self.outputs:
             outputs["sem_seg"] = self.postprocessor.semantic(
