@@ -436,7 +436,7 @@ class UniOVSeg(nn.Module):
             )
             return out.mask_logits, out.iou_logits
 
-        open_vocab = self.open_vocab is not None and self.open_vocab.enabled
+        classify = self.open_vocab is not None and self.open_vocab.enabled
         result = self.mask_generator.generate(
             predict,
             valid_size=valid_size,
@@ -445,10 +445,10 @@ class UniOVSeg(nn.Module):
             device=self.device,
             # Semantic/panoptic assembly needs the soft masks at the original size: the
             # generator has them in hand when it thresholds the kept masks.
-            return_mask_probs=open_vocab,
+            return_mask_probs=classify,
         )
         output = {"automatic_masks": result, "instances": automatic_result_to_instances(result)}
-        if open_vocab:
+        if classify:
             region_embeds = self.region_embeddings(
                 features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
             )
