@@ -50,6 +50,7 @@ from uniovseg.inference.prompts import (
     sam_prompt_arrays,
 )
 from uniovseg.modeling.mask_postprocessing import stability_score
+from uniovseg.modeling.open_vocab_inference import soft_masks
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits, semantic_labels
 
 __all__ = [
@@ -584,12 +585,7 @@ class UniOVSegPredictor:
         """Automatic masks, their classification and probabilities at the original size."""
         result = self.generate_automatic_masks(engine)
         _, _, classification = self._classify(result.mask_logits_lowres)
-        mask_probs = resize_mask_logits(
-            result.mask_logits_lowres,
-            input_size=self.input_size,
-            output_size=self.original_size,
-            padded_size=self.padded_size,
-        ).sigmoid()
+        mask_probs = soft_masks(result, valid_size=self.input_size, input_size=self.padded_size)
         return result, classification, mask_probs
 
     @torch.no_grad()
