@@ -23,7 +23,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
@@ -32,8 +31,8 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemS
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from uniovseg.data.samplers import ResumableTrainingSampler
 from uniovseg.data.test_image_mapper import TestImageMapper
+from uniovseg.data.train_loader import build_resumable_train_loader
 from uniovseg.engine.optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -81,26 +80,17 @@ class JointBatchLoader:
 
 
 def _resumable_loader(cfg):
-    """detectron2's train loader over ``cfg.DATASETS.TRAIN`` with a resumable sampler (exposed
-    as ``loader.resumable_samplers`` so that ``--resume`` can skip what was already seen)."""
-    dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-    world_size = comm.get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world_size:
-        raise ValueError(
-            f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number of "
-            f"processes ({world_size})"
-        )
-    # A fixed seed (SEED when set, else 0) so that a resumed run replays the same stream.
-    sampler = ResumableTrainingSampler(
-        len(dataset),
-        batch_size_per_rank=cfg.SOLVER.IMS_PER_BATCH // world_size,
+    """The train loader over ``cfg.DATASETS.TRAIN``; ``--resume`` skips the batches already
+    trained on through its ``resumable_samplers`` (see :mod:`uniovseg.data.train_loader`)."""
+    return build_resumable_train_loader(
+        get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False),
+        build_train_mapper(cfg),
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        # A fixed seed (SEED when set, else 0) so that a resumed run replays the same stream.
         seed=cfg.SEED if cfg.SEED >= 0 else 0,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
-    loader = build_detection_train_loader(
-        cfg, mapper=build_train_mapper(cfg), dataset=dataset, sampler=sampler
-    )
-    loader.resumable_samplers = [sampler]
-    return loader
 
 
 def build_train_loader(cfg):
