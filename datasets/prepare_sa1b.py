@@ -2,11 +2,13 @@
 """Builds the SA-1B file index once, so training start-up never lists millions of files.
 
 Usage:
-    python datasets/prepare_sa1b.py --root /data/sa1b
+    python datasets/prepare_sa1b.py --root /data/sa1b --workers 8
     python datasets/prepare_sa1b.py --root /readonly/sa1b --index-file /scratch/sa1b_index.txt
 
-Then register subsets with ``uniovseg.data.datasets.sa1b.register_sa1b`` (pass the same
-``index_file`` when it is not the default ``<root>/uniovseg_sa1b_index.txt``).
+Every image/annotation pair is checked (the JSON parses, lists masks whose RLE size is the
+image's); what is left out is summarised per reason. Then register subsets with
+``uniovseg.data.datasets.sa1b.register_sa1b`` (pass the same ``index_file`` when it is not the
+default ``<root>/uniovseg_sa1b_index.txt``).
 """
 
 from __future__ import annotations
@@ -25,20 +27,37 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where to write the index (default: <root>/uniovseg_sa1b_index.txt)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes that check the JSON files (0: one)"
+    )
+    parser.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="only pair the files, without reading the JSON files (faster, unchecked)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    from uniovseg.data.datasets.sa1b import build_sa1b_index, read_sa1b_index
+    from uniovseg.data.datasets.sa1b import scan_sa1b, write_sa1b_index
 
     start = time.perf_counter()
     try:
-        path = build_sa1b_index(args.root, args.index_file)
+        scan = scan_sa1b(args.root, validate=not args.no_validate, num_workers=args.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    count = len(read_sa1b_index(args.root, path))
+    left_out = sum(scan.skipped.values())
+    print(f"usable pairs: {len(scan.stems)}, files left out: {left_out}")
+    for line in scan.skip_summary():
+        print(f"  {line}")
+    try:
+        path = write_sa1b_index(scan, args.index_file)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(
-        f"indexed {count} image/annotation pairs in {time.perf_counter() - start:.1f} s -> {path}"
+        f"indexed {len(scan.stems)} image/annotation pairs in "
+        f"{time.perf_counter() - start:.1f} s -> {path}"
     )
     return 0
 

@@ -1,5 +1,7 @@
 """Point grid and the automatic mask generation engine, driven by a fake promptable network."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -270,3 +272,58 @@ def test_engine_from_config():
     assert engine.points_per_side == 8
     assert engine.pred_iou_thresh == pytest.approx(np.log(0.65 / 0.35), abs=1e-3)
     assert len(_generate(engine, FakeNetwork())) == 4
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "name, value, accepted",
+    [
+        ("points_per_side", 0, "an integer >= 1"),
+        ("points_per_side", 2.5, "an integer >= 1"),
+        ("points_per_side", NAN, "an integer >= 1"),
+        ("points_per_batch", True, "an integer >= 1"),
+        ("pred_iou_thresh", NAN, "a finite number >= 0 .*above 1 keeps no mask"),
+        ("pred_iou_thresh", -INF, "a finite number >= 0"),
+        ("stability_score_thresh", -0.1, "a finite number >= 0"),
+        ("stability_score_offset", -1.0, "a finite number >= 0"),
+        ("stability_score_center", INF, "a finite number"),
+        ("nms_iou_thresh", NAN, "a finite number >= 0 .*above 1 turns the rule off"),
+        ("nms_containment_thresh", "0.7", "a finite number >= 0"),
+        ("nms_scale", 0.0, r"a number in \(0, 1\]"),
+        ("min_region_area", -5, "an integer >= 0"),
+    ],
+)
+def test_engine_refuses_numbers_outside_their_range(name, value, accepted):
+    with pytest.raises(
+        ValueError, match=f"{name} must be {accepted}.*, got {re.escape(repr(value))}"
+    ):
+        _engine(**{name: value})
+
+
+def test_engine_accepts_whole_floats_numpy_numbers_and_rules_turned_off():
+    engine = _engine(points_per_side=np.int64(4), min_region_area=15.0, nms_iou_thresh=1.01)
+    assert engine.points_per_side == 4 and isinstance(engine.points_per_side, int)
+    assert engine.min_region_area == 15 and engine.nms_iou_thresh == 1.01
+    assert _engine(pred_iou_thresh=1.01).pred_iou_thresh == 1.01  # keeps no mask
+    assert _engine(pred_iou_thresh=np.float32(0.0)).pred_iou_thresh == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"box_nms_thresh": NAN}, r"box_nms_thresh must be a finite number >= 0 .*got nan"),
+        ({"box_nms_thresh": -0.5}, "box_nms_thresh must be"),
+        ({"min_mask_region_area": 2.5}, "min_mask_region_area must be an integer >= 0"),
+        ({"points_per_side": 0}, "points_per_side must be an integer >= 1"),
+        ({"pred_iou_thresh": INF}, r"pred_iou_thresh must be a finite number >= 0 .*got inf"),
+        ({"stability_score_thresh": NAN}, "stability_score_thresh must be"),
+        ({"nms_scale": 2.0}, r"nms_scale must be a number in \(0, 1\]"),
+    ],
+)
+def test_sam_generator_refuses_bad_numbers_before_touching_the_model(kwargs, message):
+    from uniovseg.inference.automatic_mask_generator_api import AutomaticMaskGenerator
+
+    with pytest.raises(ValueError, match=message):
+        AutomaticMaskGenerator(object(), **kwargs)  # not a model: the numbers fail first

@@ -11,6 +11,7 @@ import pytest
 from uniovseg.data.entity_extraction import (
     RuleBasedEntityParser,
     build_entity_parser,
+    check_manifest_paths,
     clean_entity_words,
     write_manifest_entities,
 )
@@ -127,7 +128,7 @@ def test_manifest_tool_adds_entities_and_keeps_llm_ones(tmp_path):
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     counts = write_manifest_entities(str(manifest), str(out), RuleBasedEntityParser())
-    assert dict(counts) == {"parsed": 3, "kept": 1, "copied": 1, "empty": 1}
+    assert dict(counts) == {"parsed": 3, "kept": 1, "copied": 1, "invalid_json": 1, "empty": 1}
     written = out.read_text(encoding="utf-8").splitlines()
     assert written[2] == "{not json"
     parsed = [json.loads(line) for i, line in enumerate(written) if i != 2]
@@ -150,3 +151,109 @@ def test_manifest_tool_adds_entities_and_keeps_llm_ones(tmp_path):
     assert summary["parsed"] == 4 and summary["copied"] == 1
     rewritten = [json.loads(line) for line in out.read_text().splitlines() if line.startswith('{"')]
     assert [r["entities"] for r in rewritten] == [["red car", "road"], [], ["cat"], []]
+
+
+# Words with letters outside ASCII stay whole (accents, decomposed accents, other scripts,
+# typographic apostrophes and hyphens).
+UNICODE_CAPTIONS = [
+    ("a café next to a fountain", ["café", "fountain"]),
+    ("a naïve painting of a horse", ["naïve painting", "horse"]),
+    ("a busy street in São Paulo", ["busy street", "são paulo"]),
+    ("a cafe\u0301 table", ["café table"]),  # "e" + combining acute: one word, composed
+    ("a dog near the Ακρόπολη", ["dog", "ακρόπολη"]),
+    ("a church in Москва at night", ["church", "москва"]),
+    ("a हिन्दी book", ["हिन्दी book"]),  # vowel signs are combining marks
+    ("the children’s toys and a self‑portrait", ["children's toys", "self-portrait"]),
+]
+
+
+@pytest.mark.parametrize("caption, expected", UNICODE_CAPTIONS)
+def test_rule_parser_keeps_unicode_words_whole(caption, expected):
+    assert RuleBasedEntityParser()(caption) == expected
+
+
+def _tool():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import extract_entities
+    finally:
+        sys.path.pop(0)
+    return extract_entities
+
+
+def test_bad_manifest_lines_are_counted_by_reason_and_copied(tmp_path, caplog):
+    manifest = tmp_path / "captions.jsonl"
+    good = json.dumps({"image": "a.jpg", "caption": "a red car"}).encode()
+    lines = [
+        good,
+        b'{"image": "b.jpg", "caption": "caf\xe9"}',  # Latin-1 byte: not UTF-8
+        b"{not json",
+        b'["a list", "not a row"]',
+        b'{"image": "c.jpg"}',
+        b'{"image": "d.jpg", "caption": 3}',
+        b"",
+        good,
+    ]
+    manifest.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    with caplog.at_level("WARNING", logger="uniovseg.data.entity_extraction"):
+        counts = write_manifest_entities(str(manifest), str(out), RuleBasedEntityParser())
+    assert +counts == {  # unary plus: the non-zero counts
+        "parsed": 2,
+        "copied": 5,
+        "invalid_utf8": 1,
+        "invalid_json": 1,
+        "not_an_object": 1,
+        "missing_caption": 2,
+    }
+    assert "5 line(s) copied without entities" in caplog.text
+    assert "line 2 (invalid_utf8)" in caplog.text and "line 6 (missing_caption)" in caplog.text
+    written = out.read_bytes().split(b"\n")[:-1]
+    assert written[1:6] == lines[1:6]  # copied byte for byte, the blank line dropped
+    assert json.loads(written[0])["entities"] == ["red car"]
+
+    summary = _tool().main(["--manifest", str(manifest), "--output", str(out)])
+    assert summary["copied"] == 5 and summary["missing_caption"] == 2
+
+
+def test_manifest_tool_path_errors_are_one_line_before_any_work(tmp_path, capsys):
+    tool = _tool()
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text(json.dumps({"image": "a.jpg", "caption": "a cat"}) + "\n")
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    cases = [
+        (
+            ["--manifest", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o.jsonl")],
+            "missing.jsonl' does not exist",
+        ),
+        (["--manifest", str(folder), "--output", str(tmp_path / "o.jsonl")], "is a folder"),
+        (["--manifest", str(manifest), "--output", str(folder)], "outdir' is a folder"),
+        (
+            ["--manifest", str(manifest), "--output", str(tmp_path / "no" / "o.jsonl")],
+            "does not exist; create",
+        ),
+    ]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(argv)
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    with pytest.raises(ValueError, match="is a folder"):
+        check_manifest_paths(str(manifest), str(folder))
+
+
+def test_failed_run_leaves_no_temporary_file(tmp_path):
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text(json.dumps({"image": "a.jpg", "caption": "a cat"}) + "\n")
+
+    def broken_parser(text):
+        raise RuntimeError("parser crashed")
+
+    with pytest.raises(RuntimeError, match="parser crashed"):
+        write_manifest_entities(str(manifest), str(manifest), broken_parser)
+    assert [p.name for p in tmp_path.iterdir()] == ["captions.jsonl"]
+    assert "entities" not in manifest.read_text()  # the input is left as it was

@@ -18,6 +18,7 @@ from uniovseg.data.datasets.sa1b import (
     build_sa1b_index,
     load_sa1b_dicts,
     register_sa1b,
+    scan_sa1b,
 )
 from uniovseg.data.sa1b_mapper import SA1BDatasetMapper
 from uniovseg.data.transforms import ColorAugSSD, sample_scale_jitter_crop
@@ -102,25 +103,35 @@ def _mapper(**kwargs) -> SA1BDatasetMapper:
 
 # ----------------------------------------------------------------------------- index
 def _touch_tree(root: Path, num: int) -> None:
+    """Pairs that pass the index's checks without real pixels: a non-empty stand-in image and a
+    valid 4 x 4 SA-1B JSON with one mask."""
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[1:3, 1:3] = True
+    record = {
+        "image": {"image_id": 0, "width": 4, "height": 4, "file_name": "sa_0.jpg"},
+        "annotations": [{"id": 0, "segmentation": _rle(mask), "area": 4}],
+    }
+    text = json.dumps(record)
     for i in range(num):
         folder = root / f"sa_{i % 3:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"sa_{i}.jpg").touch()
-        (folder / f"sa_{i}.json").touch()
+        (folder / f"sa_{i}.jpg").write_bytes(b"jpg")
+        (folder / f"sa_{i}.json").write_text(text)
 
 
 def test_index_build_load_and_fraction_determinism(tmp_path: Path, caplog):
     root = tmp_path / "sa1b"
     _touch_tree(root, 50)
     (root / "sa_000000" / "sa_999.jpg").touch()  # image without JSON: reported, left out
-    (root / "sa_000001" / "sa_777.json").touch()  # JSON without image: ignored
+    (root / "sa_000001" / "sa_777.json").touch()  # JSON without image: reported, left out
     (root / "notes.txt").touch()
     with pytest.raises(ValueError, match="prepare_sa1b.py --root"):
         load_sa1b_dicts(str(root))
     with caplog.at_level(logging.WARNING):
         index = build_sa1b_index(str(root))
     assert index == str(root / DEFAULT_INDEX_NAME)
-    assert "1 images have no sibling JSON" in caplog.text and "sa_999.jpg" in caplog.text
+    assert "missing_json: 1" in caplog.text and "sa_000000/sa_999.jpg" in caplog.text
+    assert "missing_image: 1" in caplog.text and "sa_000001/sa_777.json" in caplog.text
 
     dicts = load_sa1b_dicts(str(root))
     assert len(dicts) == 50
@@ -161,11 +172,7 @@ def test_prepare_script_and_lazy_registration(tmp_path: Path, capsys):
 
     root = tmp_path / "sa1b"
     _touch_tree(root, 10)
-    spec = importlib.util.spec_from_file_location(
-        "prepare_sa1b", REPO / "datasets" / "prepare_sa1b.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _prepare_script()
     assert script.main(["--root", str(root)]) == 0
     assert "indexed 10 image/annotation pairs" in capsys.readouterr().out
     assert script.main(["--root", str(tmp_path / "nope")]) == 1
@@ -183,6 +190,92 @@ def test_prepare_script_and_lazy_registration(tmp_path: Path, capsys):
         for n in (missing, name):
             DatasetCatalog.remove(n)
             MetadataCatalog.remove(n)
+
+
+def _prepare_script():
+    spec = importlib.util.spec_from_file_location(
+        "prepare_sa1b", REPO / "datasets" / "prepare_sa1b.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _write_bad_pairs(folder: Path) -> None:
+    """One pair per reason the index leaves out (sa_20 .. sa_27)."""
+    _write_pair(folder, 20, _rect_masks())
+    (folder / "sa_20.json").write_text('{"annotations": [ {"segm')  # truncated JSON
+    _write_pair(folder, 21, _rect_masks())
+    (folder / "sa_21.json").write_text("")  # blank file
+    _write_pair(folder, 22, _rect_masks()[:0])  # no annotation
+    _write_pair(folder, 23, _rect_masks()[:3, :64, :64])  # RLEs of 64x64, the image is 96x128
+    _write_pair(folder, 24, _rect_masks())
+    (folder / "sa_24.jpg").unlink()  # annotation without its image
+    _write_pair(folder, 25, _rect_masks())
+    (folder / "sa_25.json").unlink()  # image without its annotation
+    _write_pair(folder, 26, _rect_masks())
+    (folder / "sa_26.jpg").write_bytes(b"")  # empty image
+    _write_pair(folder, 27, _rect_masks())
+    record = json.loads((folder / "sa_27.json").read_text())
+    del record["image"]["height"]  # no image size to check the RLEs against
+    (folder / "sa_27.json").write_text(json.dumps(record))
+
+
+def test_index_leaves_out_bad_pairs_with_counted_reasons(tmp_path: Path, caplog):
+    root = tmp_path / "sa1b"
+    _write_pair(root / "sa_000000", 1, _rect_masks())
+    _write_bad_pairs(root / "sa_000001")
+    with caplog.at_level(logging.WARNING, logger="uniovseg.data.datasets.sa1b"):
+        scan = scan_sa1b(str(root))
+    assert scan.stems == ["sa_000000/sa_1"]
+    assert dict(scan.skipped) == {
+        "corrupt_json": 2,
+        "empty_json": 2,
+        "size_mismatch": 1,
+        "missing_image": 1,
+        "missing_json": 1,
+        "empty_image": 1,
+    }
+    assert scan.examples["size_mismatch"] == [
+        "sa_000001/sa_23.json: annotation 0 is 64x64, the image 96x128"
+    ]
+    assert scan.examples["missing_image"] == ["sa_000001/sa_24.json"]
+    assert scan.examples["empty_image"] == ["sa_000001/sa_26.jpg"]
+    assert scan.examples["corrupt_json"][0].startswith("sa_000001/sa_20.json: ")
+    assert "sa_000001/sa_27.json: no positive integer 'height'" in scan.examples["corrupt_json"][1]
+    for reason, count in scan.skipped.items():  # one log line per reason, with the file names
+        assert f"{reason}: {count}" in caplog.text
+    assert "sa_000001/sa_22.json" in caplog.text
+
+    # The index holds the usable pair only; the same scan in worker processes agrees.
+    build_sa1b_index(str(root))
+    assert [d["image_id"] for d in load_sa1b_dicts(str(root))] == [1]
+    parallel = scan_sa1b(str(root), num_workers=2)
+    assert parallel.stems == scan.stems and parallel.skipped == scan.skipped
+    # Without validation only the file pairing and empty images are checked.
+    unchecked = scan_sa1b(str(root), validate=False)
+    assert len(unchecked.stems) == 6
+    assert dict(unchecked.skipped) == {"missing_image": 1, "missing_json": 1, "empty_image": 1}
+
+
+def test_all_bad_folder_is_a_clear_error(tmp_path: Path, capsys):
+    root = tmp_path / "all_bad"
+    _write_bad_pairs(root)
+    with pytest.raises(ValueError, match="no sa_.*all_bad.*every file was left out.*corrupt_json"):
+        build_sa1b_index(str(root))
+    assert not (root / DEFAULT_INDEX_NAME).exists()
+    assert [p.name for p in root.iterdir() if ".tmp" in p.name] == []
+
+    assert _prepare_script().main(["--root", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert "usable pairs: 0, files left out: 8" in captured.out
+    assert "size_mismatch: 1 (RLE size differs" in captured.out
+    assert "error: found no sa_" in captured.err and str(root) in captured.err
+
+    # An index listing no image (e.g. edited by hand) fails when read, not in the data loader.
+    (root / DEFAULT_INDEX_NAME).write_text("# uniovseg-sa1b-index v1\n")
+    with pytest.raises(ValueError, match="lists no image"):
+        load_sa1b_dicts(str(root))
 
 
 # ----------------------------------------------------------------------------- transforms

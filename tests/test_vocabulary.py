@@ -163,10 +163,59 @@ def test_duplicates_are_removed_with_a_warning_naming_them():
     assert parsed == ["cat", "dog", "sky"]
 
 
-def test_same_name_with_other_synonyms_is_not_a_duplicate():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert parse_vocabulary_string("pot; pot, flowerpot") == ["pot", "pot, flowerpot"]
+def test_a_name_shared_by_two_classes_is_an_error(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"'dog' is in class 0 \('dog'\) and class 1 \('dog, cat'\)"
+    ):
+        parse_vocabulary_string("dog; dog, cat; cat")
+    # Compared ignoring case and whitespace runs; lists and files are checked the same way.
+    with pytest.raises(ValueError, match=r"'big dog' is in class 0 \('Big Dog'\) and class 2"):
+        parse_vocabulary_string("Big  Dog; cat; puppy, big dog")
+    assert parse_vocabulary_string("dog, Dog; cat") == ["dog, Dog", "cat"]  # one class: fine
+    with pytest.raises(ValueError, match="vocabulary list: the name 'pot'"):
+        resolve_vocabulary(["pot", "pot, flowerpot"])
+    path = tmp_path / "v.txt"
+    path.write_text("sky\nsea, SKY\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{path}: the name 'SKY' is in class 0"):
+        load_vocabulary(str(path))
+
+
+def test_packaged_benchmark_lists_keep_their_shared_names():
+    # ADE20K-150 gives "screen" to "screen door, screen" and "blind, screen", as the benchmark.
+    vocabulary = load_vocabulary("ade20k_150")
+    assert "screen" in class_synonyms(vocabulary[58]) and "screen" in class_synonyms(vocabulary[63])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["cat; \u200b; dog", "cat; dog, \u200b\u200c", "\ufeff; cat", "cat; \u0301", "cat; \x07"],
+)
+def test_invisible_class_names_are_an_error(text):
+    with pytest.raises(ValueError, match="is invisible"):
+        parse_vocabulary_string(text)
+    with pytest.raises(ValueError, match="vocabulary list: .*is invisible"):
+        resolve_vocabulary(text.split(";"))
+
+
+def test_invisible_characters_are_stripped_at_name_edges():
+    assert parse_vocabulary_string("\u200bdog\u200d; cat\ufeff, \u2060kitty") == [
+        "dog",
+        "cat, kitty",
+    ]
+    assert parse_vocabulary_string("a\u200db; c") == [
+        "a\u200db",
+        "c",
+    ]  # inside: kept (emoji, scripts)
+    with pytest.raises(ValueError, match="control character"):
+        parse_vocabulary_string("do\x00g; cat")
+    with pytest.raises(ValueError, match="empty"):  # Unicode spaces only: no class at all
+        parse_vocabulary_string("\u3000; \u00a0 ;")
+
+
+@pytest.mark.parametrize("spec", [None, 3, b"cat; dog", {"cat": 0}])
+def test_resolve_refuses_what_is_not_a_vocabulary(spec):
+    with pytest.raises(ValueError, match="packaged name.*inline string.*list of class entries"):
+        resolve_vocabulary(spec)
 
 
 def test_normalize_rejects_a_single_string():

@@ -9,6 +9,10 @@ entities (e.g. from ChatGPT/LLaVA, as in the paper) keep them unless --overwrite
     python tools/extract_entities.py --manifest captions.jsonl --output captions_entities.jsonl
     python tools/extract_entities.py --manifest captions.jsonl --output out.jsonl \
         --parser spacy --spacy-model en_core_web_sm
+
+Lines that are not JSON objects with a string ``caption`` are copied unchanged and counted per
+reason in the printed summary. A missing manifest or an unwritable output is a one-line error
+(exit status 1) before any work; no temporary file is left behind on failure.
 """
 
 from __future__ import annotations
@@ -16,15 +20,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from uniovseg.data.entity_extraction import (
     PARSER_NAMES,
     build_entity_parser,
+    check_manifest_paths,
     write_manifest_entities,
+)
+
+_SUMMARY_KEYS = (
+    "parsed",
+    "kept",
+    "empty",
+    "copied",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_caption",
 )
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Runs the tool; returns the printed summary. Exits with status 1 on a bad path/parser."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, help="input JSON-lines caption manifest")
     parser.add_argument("--output", required=True, help="output manifest (may be the input)")
@@ -40,23 +58,25 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    entity_parser = build_entity_parser(
-        args.parser,
-        spacy_model=args.spacy_model,
-        max_words=args.max_words,
-        max_entities=args.max_entities,
-    )
-    counts = write_manifest_entities(
-        args.manifest,
-        args.output,
-        entity_parser,
-        use_refined=not args.caption_only,
-        overwrite=args.overwrite,
-    )
-    summary = {
-        "output": args.output,
-        **{k: counts.get(k, 0) for k in ("parsed", "kept", "empty", "copied")},
-    }
+    try:
+        check_manifest_paths(args.manifest, args.output)  # before a parser is loaded
+        entity_parser = build_entity_parser(
+            args.parser,
+            spacy_model=args.spacy_model,
+            max_words=args.max_words,
+            max_entities=args.max_entities,
+        )
+        counts = write_manifest_entities(
+            args.manifest,
+            args.output,
+            entity_parser,
+            use_refined=not args.caption_only,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    summary = {"output": args.output, **{k: counts.get(k, 0) for k in _SUMMARY_KEYS}}
     print(json.dumps(summary))
     return summary
 

@@ -26,10 +26,12 @@ head is a generic, non-segmentable noun (``photo``, ``view``, ``left``, ``day``,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -39,6 +41,7 @@ __all__ = [
     "RuleBasedEntityParser",
     "SpacyEntityParser",
     "build_entity_parser",
+    "check_manifest_paths",
     "clean_entity_words",
     "write_manifest_entities",
 ]
@@ -137,8 +140,37 @@ GENERIC_NOUNS = frozenset(
     "thing things stuff".split()
 )
 
-_TOKEN_RE = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+# Why a manifest line is copied without entities (counted under these keys).
+_BAD_LINE_REASONS = ("invalid_utf8", "invalid_json", "not_an_object", "missing_caption")
+# Bad manifest lines whose numbers a warning lists.
+_MAX_LISTED_LINES = 5
 _CLAUSE_BREAK = frozenset(',.;:!?()[]{}"/|')
+# Typographic apostrophes and hyphens -> ASCII, so that "children’s" and "close‑up" are words.
+_PUNCTUATION_FOLD = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2010": "-", "\u2011": "-"})
+
+
+@functools.cache
+def _token_re() -> re.Pattern[str]:
+    """Words (Unicode letters and digits, with the combining marks of scripts that write vowels
+    as marks, joined by inner hyphens/apostrophes: "café", "naïve", "हिन्दी", "close-up") or single
+    other non-space characters (punctuation). Built on first use: it lists the marks once."""
+    ranges: list[list[int]] = []
+    # Combining marks (Unicode category M*) live below U+20000, plus the variation selectors.
+    for code in (*range(0x300, 0x20000), *range(0xE0100, 0xE01F0)):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    marks = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+    letter = rf"(?:[^\W_]|[{marks}])"
+    return re.compile(rf"{letter}+(?:[-']{letter}+)*|[^\s\w]|_")
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-case tokens of a caption; NFC first, so that a decomposed "é" is one letter."""
+    text = unicodedata.normalize("NFC", text).translate(_PUNCTUATION_FOLD).lower()
+    return _token_re().findall(text)
 
 
 def clean_entity_words(words: Iterable[str], *, max_words: int = 4) -> str | None:
@@ -232,7 +264,7 @@ class RuleBasedEntityParser:
         chunks: list[list[str]] = []
         current: list[str] = []
         previous: str | None = None
-        for token in _TOKEN_RE.findall(text.lower()):
+        for token in _tokens(text):
             if token in _CLAUSE_BREAK or not token[0].isalnum():
                 boundary, token = True, None
             else:
@@ -356,6 +388,42 @@ def build_entity_parser(
     raise ValueError(f"unknown entity parser {name!r}: use one of {list(PARSER_NAMES)}")
 
 
+def check_manifest_paths(manifest: str, output: str) -> None:
+    """Checks, before any work, that ``manifest`` is a file and ``output`` a writable file path.
+
+    Raises:
+        ValueError: With what is wrong and how to fix it.
+    """
+    if not os.path.isfile(manifest):
+        what = "is a folder" if os.path.isdir(manifest) else "does not exist"
+        raise ValueError(f"manifest {manifest!r} {what}; pass a JSON-lines caption manifest")
+    if os.path.isdir(output):
+        example = os.path.join(output, "captions_entities.jsonl")
+        raise ValueError(f"output {output!r} is a folder; pass a file path such as {example!r}")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise ValueError(f"the folder of output {output!r} does not exist; create {folder!r} first")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write output {output!r}: folder {folder!r} is not writable")
+
+
+def _parse_line(raw: bytes) -> tuple[dict | None, str]:
+    """A manifest line -> (row, "") or (None, why it cannot be parsed)."""
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark before the first row
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError:
+        return None, "invalid_json"
+    if not isinstance(row, dict):
+        return None, "not_an_object"
+    if not isinstance(row.get("caption"), str):
+        return None, "missing_caption"
+    return row, ""
+
+
 def write_manifest_entities(
     manifest: str,
     output: str,
@@ -367,45 +435,69 @@ def write_manifest_entities(
     """Copies a caption manifest (JSON lines), adding an ``entities`` list to every row.
 
     Rows that already carry ``entities`` (e.g. from an LLM) keep them unless ``overwrite``.
-    Lines that are not JSON objects with a string ``caption`` are copied unchanged (the loader
-    skips and counts them later), so the output has one line per input line.
+    Lines that cannot be parsed are skipped by the parser but copied unchanged (the loader skips
+    and counts them later), so the output has one line per non-blank input line; they are
+    counted under ``copied`` and under their reason (``invalid_utf8``, ``invalid_json``,
+    ``not_an_object``, ``missing_caption``), and logged with their line numbers. The output is
+    written to a temporary file that replaces ``output`` at the end; on any failure it is
+    removed and ``output`` is left as it was.
 
     Args:
         manifest: Input JSON-lines manifest.
-        output: Output path (may equal ``manifest``: written to a temporary file, then renamed).
+        output: Output path (may equal ``manifest``).
         parser: ``caption -> list[str]``.
         use_refined: Parse ``refined_caption`` when present, else ``caption``.
         overwrite: Re-parse rows that already have ``entities``.
 
     Returns:
-        Counts of ``parsed``, ``kept`` (existing entities), ``empty`` (parsed to no entity) and
-        ``copied`` (lines left as they were).
+        Counts of ``parsed``, ``kept`` (existing entities), ``empty`` (parsed to no entity),
+        ``copied`` (lines left as they were) and of each reason for copying.
+
+    Raises:
+        ValueError: ``manifest`` is not a file or ``output`` cannot be written (checked before
+            anything is read; see :func:`check_manifest_paths`).
     """
+    check_manifest_paths(manifest, output)
     counts: Counter[str] = Counter()
+    bad_lines: list[str] = []
     tmp = f"{output}.tmp{os.getpid()}"
-    with open(manifest, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-        for line in src:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("caption"), str):
-                counts["copied"] += 1
-                dst.write(line if line.endswith("\n") else line + "\n")
-                continue
-            if isinstance(row.get("entities"), list) and not overwrite:
-                counts["kept"] += 1
-            else:
-                text = row["caption"]
-                refined = row.get("refined_caption")
-                if use_refined and isinstance(refined, str) and refined.strip():
-                    text = refined
-                row["entities"] = parser(text)
-                counts["parsed"] += 1
-                counts["empty"] += not row["entities"]
-            dst.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, output)
+    try:
+        # Bytes in and out: a line that is not UTF-8 is copied as it is, not a crash.
+        with open(manifest, "rb") as src, open(tmp, "wb") as dst:
+            for number, raw in enumerate(src, start=1):
+                if not raw.strip():
+                    continue
+                row, reason = _parse_line(raw)
+                if row is None:
+                    counts["copied"] += 1
+                    counts[reason] += 1
+                    if len(bad_lines) < _MAX_LISTED_LINES:
+                        bad_lines.append(f"line {number} ({reason})")
+                    dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                    continue
+                if isinstance(row.get("entities"), list) and not overwrite:
+                    counts["kept"] += 1
+                else:
+                    text = row["caption"]
+                    refined = row.get("refined_caption")
+                    if use_refined and isinstance(refined, str) and refined.strip():
+                        text = refined
+                    row["entities"] = parser(text)
+                    counts["parsed"] += 1
+                    counts["empty"] += not row["entities"]
+                dst.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if bad_lines:
+        reasons = {r: counts[r] for r in _BAD_LINE_REASONS if counts[r]}
+        logger.warning(
+            "%s: %d line(s) copied without entities %s, e.g. %s",
+            manifest,
+            counts["copied"],
+            reasons,
+            ", ".join(bad_lines),
+        )
     logger.info("Entities written to %s: %s", output, dict(counts))
     return counts

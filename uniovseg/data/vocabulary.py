@@ -13,9 +13,15 @@ Inline strings separate classes with ``;`` and synonyms with ``,``: ``"cat; dog,
 is three classes, the second with two synonyms.
 
 Normalisation (every loader): whitespace runs become one space and are stripped around each
-synonym; empty synonyms and empty classes are dropped; repeated synonyms inside one class are
-kept once; classes whose synonym lists are equal (ignoring case) are kept once, with a warning
-naming them (label indices of the later classes then shift, which the warning says).
+synonym, as are zero-width/format/control characters at its ends; empty synonyms and empty
+classes are dropped; repeated synonyms inside one class are kept once; classes whose synonym
+lists are equal (ignoring case) are kept once, with a warning naming them (label indices of the
+later classes then shift, which the warning says).
+
+Errors: a name with no visible character (e.g. only a zero-width space) or with a control
+character, and a name given to two different classes (``"dog; dog, cat"``: which class is
+"dog"?), are refused with a ValueError naming them. The packaged benchmark lists are exempt from
+the second rule: some of them share synonyms between classes, as their benchmarks define them.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import importlib.resources
 import logging
 import os
 import re
+import unicodedata
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = [
     "available_vocabularies",
@@ -66,8 +73,49 @@ def class_synonyms(entry: str) -> list[str]:
         raise ValueError(
             f"a class entry must be a string of comma-separated synonyms, got {type(entry)!r}"
         )
-    synonyms = (_WHITESPACE.sub(" ", s).strip() for s in entry.split(_SYNONYM_SEPARATOR))
-    return list(dict.fromkeys(s for s in synonyms if s))
+    synonyms = []
+    for part in entry.split(_SYNONYM_SEPARATOR):
+        synonym = _strip_edges(_WHITESPACE.sub(" ", part))
+        if synonym or part.strip():  # blank parts (", ,", a trailing ",") are simply dropped
+            _check_visible(synonym, part, entry)
+            synonyms.append(synonym)
+    return list(dict.fromkeys(synonyms))
+
+
+def _strip_edges(name: str) -> str:
+    """``name`` without spaces and zero-width/format/control characters at its ends (a
+    zero-width space copied along with a name would make it a different, unmatched name)."""
+    start, end = 0, len(name)
+    while start < end and _is_edge_noise(name[start]):
+        start += 1
+    while end > start and _is_edge_noise(name[end - 1]):
+        end -= 1
+    return name[start:end]
+
+
+def _is_edge_noise(char: str) -> bool:
+    # Cf: format (zero-width space and joiners, BOM, soft hyphen, bidi marks); Cc: control.
+    return char.isspace() or unicodedata.category(char) in ("Cf", "Cc")
+
+
+def _check_visible(name: str, part: str, entry: str) -> None:
+    """Refuses a name that shows nothing or holds a control character."""
+    # A visible name has a letter, number, punctuation mark or symbol; marks, format,
+    # separator, private-use and unassigned characters alone print as nothing (or as boxes).
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in name):
+        raise ValueError(
+            f"class name {part.strip()!r} in entry {entry.strip()!r} is invisible (only "
+            "zero-width, format, control or combining characters); remove it or type it again"
+        )
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError(
+            f"class name {name!r} in entry {entry.strip()!r} holds a control character; remove it"
+        )
+
+
+def _name_key(name: str) -> str:
+    """What makes two (whitespace-normalised) names the same name: case and Unicode form."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def class_display_names(vocabulary: Sequence[str]) -> list[str]:
@@ -81,35 +129,58 @@ def class_display_names(vocabulary: Sequence[str]) -> list[str]:
     return names
 
 
-def normalize_vocabulary(entries: Iterable[str], *, source: str = "vocabulary") -> list[str]:
+def normalize_vocabulary(
+    entries: Iterable[str], *, source: str = "vocabulary", allow_shared_names: bool = False
+) -> list[str]:
     """Normalises class entries: whitespace, empty classes, repeated synonyms and classes.
 
     Args:
         entries: Class entries (comma-separated synonyms each), in label order.
         source: What the entries came from, for messages (a file path, ``"string"``...).
+        allow_shared_names: Accept a synonym that names two different classes. Only the
+            packaged benchmark lists do this (they keep their benchmark's class names); in any
+            other vocabulary it is a mistake that makes the two classes hard to tell apart.
 
     Returns:
         Entries re-joined as ``"syn1, syn2"``, in the original order, each class once.
 
     Raises:
-        ValueError: no class is left (an empty vocabulary cannot classify anything).
+        ValueError: no class is left (an empty vocabulary cannot classify anything); a name is
+            invisible (:func:`class_synonyms`); or a name is in two classes (compared ignoring
+            case), unless ``allow_shared_names``.
     """
     if isinstance(entries, str):
         raise ValueError(
             f"{source}: expected a list of class entries, got one string; use "
             "parse_vocabulary_string() for inline strings such as 'cat; dog, puppy; sky'"
         )
+    if not isinstance(entries, Iterable):
+        raise ValueError(f"{source}: expected a list of class entries, got {entries!r}")
     kept: list[str] = []
     first_index: dict[tuple[str, ...], int] = {}
+    owner: dict[str, int] = {}  # name key -> the class it names
     duplicates: list[str] = []
     for entry in entries:
-        synonyms = class_synonyms(entry)
+        try:
+            synonyms = class_synonyms(entry)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
         if not synonyms:
             continue
-        key = tuple(s.casefold() for s in synonyms)
+        key = tuple(_name_key(s) for s in synonyms)
         if key in first_index:
             duplicates.append(f"{', '.join(synonyms)!r} (same as class {first_index[key]})")
             continue
+        if not allow_shared_names:
+            for synonym, name_key in zip(synonyms, key, strict=True):
+                other = owner.setdefault(name_key, len(kept))
+                if other != len(kept):  # "dog, Dog" in one class is no clash
+                    raise ValueError(
+                        f"{source}: the name {synonym!r} is in class {other} "
+                        f"({kept[other]!r}) and class {len(kept)} ({', '.join(synonyms)!r}); a "
+                        "name can belong to one class only: remove it from one of them or "
+                        "merge the two classes"
+                    )
         first_index[key] = len(kept)
         kept.append(", ".join(synonyms))
     if duplicates:
@@ -197,6 +268,11 @@ def resolve_vocabulary(spec: str | Sequence[str]) -> list[str]:
         if _CLASS_SEPARATOR in spec:
             return parse_vocabulary_string(spec)
         return load_vocabulary(spec)
+    if spec is None or isinstance(spec, (bytes, Mapping)) or not isinstance(spec, Iterable):
+        raise ValueError(
+            "a vocabulary is a packaged name (e.g. 'ade20k_150'), a file path, an inline string "
+            f"such as 'cat; dog, puppy; sky' or a list of class entries; got {spec!r}"
+        )
     return normalize_vocabulary(spec, source="vocabulary list")
 
 
@@ -221,8 +297,12 @@ def _packaged_names() -> tuple[str, ...]:
 def _load_packaged(name: str) -> tuple[str, ...]:
     resource = importlib.resources.files(_PACKAGE).joinpath(_FOLDER).joinpath(name + _SUFFIX)
     # Packaged files hold no duplicate (tests check it), so their labels are their line order.
+    # Some benchmark lists give one synonym to two classes (ADE20K-150: "screen" in classes 58
+    # and 63); they are kept as the benchmarks define them.
     entries = normalize_vocabulary(
-        _class_lines(resource.read_text(encoding="utf-8")), source=f"packaged vocabulary {name!r}"
+        _class_lines(resource.read_text(encoding="utf-8")),
+        source=f"packaged vocabulary {name!r}",
+        allow_shared_names=True,
     )
     logger.debug("Loaded packaged vocabulary %s (%d classes)", name, len(entries))
     return tuple(entries)

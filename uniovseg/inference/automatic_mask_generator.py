@@ -23,6 +23,8 @@ brought to the original image size.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -124,31 +126,36 @@ class AutomaticMaskGenerationEngine:
                 threshold; the release's demo uses 0.5 with offset 0.1, see ``stability_score``).
             nms_iou_thresh: A higher-scored mask removes another when their IoU is >= this.
             nms_containment_thresh: ... or when at least this fraction of the other lies inside
-                it (release: 0.5 and 0.7).
+                it (release: 0.5 and 0.7). Either threshold above 1 turns its rule off.
             nms_scale: Resolution of the NMS and stability frame relative to the input frame
                 (release: 0.5, i.e. 512 x 512 for a 1024 input).
             min_region_area: Fill holes and remove islands smaller than this many pixels in each
                 returned mask (original size); 0 disables it (release demo: 15).
+
+        Raises:
+            ValueError: An argument is not a finite number in its range (thresholds >= 0,
+                ``nms_scale`` in (0, 1], counts integers), naming it and the range.
         """
-        if points_per_side < 1 or points_per_batch < 1:
-            raise ValueError(
-                "points_per_side and points_per_batch must be >= 1, got "
-                f"{points_per_side} and {points_per_batch}"
-            )
-        if not 0.0 < nms_scale <= 1.0:
-            raise ValueError(f"nms_scale must be in (0, 1], got {nms_scale}")
-        if stability_score_offset < 0:
-            raise ValueError(f"stability_score_offset must be >= 0, got {stability_score_offset}")
-        self.points_per_side = int(points_per_side)
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.stability_score_center = float(stability_score_center)
-        self.nms_iou_thresh = float(nms_iou_thresh)
-        self.nms_containment_thresh = float(nms_containment_thresh)
-        self.nms_scale = float(nms_scale)
-        self.min_region_area = int(min_region_area)
+        self.points_per_side = check_integer("points_per_side", points_per_side, low=1)
+        self.points_per_batch = check_integer("points_per_batch", points_per_batch, low=1)
+        self.pred_iou_thresh = check_threshold(
+            "pred_iou_thresh", pred_iou_thresh, above_one="keeps no mask"
+        )
+        self.stability_score_thresh = check_threshold(
+            "stability_score_thresh", stability_score_thresh, above_one="keeps no mask"
+        )
+        self.stability_score_offset = check_number(
+            "stability_score_offset", stability_score_offset, low=0
+        )
+        self.stability_score_center = check_number("stability_score_center", stability_score_center)
+        self.nms_iou_thresh = check_threshold(
+            "nms_iou_thresh", nms_iou_thresh, above_one="turns the rule off"
+        )
+        self.nms_containment_thresh = check_threshold(
+            "nms_containment_thresh", nms_containment_thresh, above_one="turns the rule off"
+        )
+        self.nms_scale = check_number("nms_scale", nms_scale, low=0, high=1, low_open=True)
+        self.min_region_area = check_integer("min_region_area", min_region_area, low=0)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -437,6 +444,60 @@ def _empty_result(
             else None
         ),
     )
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    note: str = "",
+) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` and the accepted range.
+
+    Args:
+        name: The argument's name, for the message.
+        value: Any real number (Python or NumPy); bools, NaN and infinities are refused.
+        low, high: Inclusive bounds (``low`` is exclusive with ``low_open``); None: unbounded.
+        note: Appended to the range in the message (what values mean).
+    """
+    if low is None and high is None:
+        accepted = "a finite number"
+    elif high is None:
+        accepted = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        accepted = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+    accepted += note
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    number = float(value)
+    if (
+        not math.isfinite(number)
+        or (low is not None and (number <= low if low_open else number < low))
+        or (high is not None and number > high)
+    ):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    return number
+
+
+def check_integer(name: str, value, *, low: int) -> int:
+    """``value`` as an int (a whole float such as 20.0 is accepted), or a ValueError naming
+    ``name`` and the accepted range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer() or number < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(number)
+
+
+def check_threshold(name: str, value, *, above_one: str) -> float:
+    """A threshold on a fraction (a probability, a score, an overlap), usually in [0, 1]; values
+    above 1 are accepted with the meaning ``above_one`` says (tests and configs use 1.01 to
+    keep no mask or to turn an NMS rule off)."""
+    return check_number(name, value, low=0, note=f" (a fraction in [0, 1]; above 1 {above_one})")
 
 
 def _check_size(name: str, size) -> None:
