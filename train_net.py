@@ -14,23 +14,19 @@ import json
 import logging
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import uniovseg.data.datasets  # noqa: F401  (registers datasets, lazily)
 import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
-from uniovseg.config import add_uniovseg_config
+from uniovseg.checkpoint import UniOVSegCheckpointer
+from uniovseg.config import load_config
 from uniovseg.engine.trainer import Trainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_uniovseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="uniovseg")
@@ -43,7 +39,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        UniOVSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

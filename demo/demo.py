@@ -1,4 +1,4 @@
-"""Segment folders of images from the command line: automatic masks, semantic or panoptic
+r"""Segment folders of images from the command line: automatic masks, semantic or panoptic
 segmentation with your own class names, or masks for point/box prompts.
 
 Examples:
@@ -9,8 +9,7 @@ Examples:
     python demo/demo.py --config-file CONFIG --input a.jpg --output out/ --task prompted \
         --points "120,80;40,200" --boxes "10,20,200,180" --vocab-name ade20k_150
 
-Per image NAME (its path relative to an input directory, or its file name, without
-extension) the output folder gets:
+Per image NAME the output folder gets:
     NAME_overlay.png   the image with masks, labels and scores (detectron2's Visualizer);
     NAME_semantic.png  class index per pixel, uint8 (255 = unlabelled) or uint16 (65535) when
                        there are 255 classes or more (tasks semantic and panoptic);
@@ -21,16 +20,30 @@ extension) the output folder gets:
                        ``score`` when a vocabulary is given);
 and the folder gets summary.json (processed and skipped images with reasons, timings).
 
+NAME is the image's path relative to the input directory it was found in (directories: so
+--recursive keeps x/a.jpg and y/a.jpg apart as x/a and y/a), or its file name (files, globs),
+without extension. A NAME already taken gets _2, _3... appended, so outputs never overwrite
+each other or summary.json: a.jpg and a.png give a and a_2; summary.jpg gives summary_2.
+Names are compared case-insensitively (A.json and a.json are one file on macOS and Windows):
+A.jpg and a.png give A and a_2.
+summary.json lists the output JSON of every input file.
+
 Coordinates in outputs are pixels of the processed image: the original, upright (EXIF
 applied), downscaled when its longest side exceeds --max-side (the JSON's ``scale`` says by
 how much). --points/--boxes are given in original-image pixels. Malformed prompts stop the run
 before any work; prompts outside a particular image skip that image (with the reason), and
 prompts that fit no input image stop the run before the model is built.
 
+The output folder is created and a test file written there (and removed) before the model is
+built: an --output that is a file, lies under a file or is not writable stops the run at once.
 Bad files never stop the run: unreadable, truncated, empty or too small files are skipped with
-a reason; grayscale, palette, CMYK, alpha, 16-bit and EXIF-rotated images are converted. The
-exit status is 0 when at least one image was processed, 1 when none could be, 2 for invalid
-arguments.
+a reason; grayscale, palette, CMYK, alpha, 16-bit and EXIF-rotated images are converted. An
+image whose files cannot be written (e.g. a full disk) is skipped with the reason, and the
+files already written for it are removed; every file is first written as FILE.tmp, then
+renamed, so none is ever half-written.
+The exit status is 0 when at least one image was processed, 1 when none could be, 2 for invalid
+arguments (an unusable output folder included), 3 when summary.json could not be written at the
+end (the images' files are kept).
 """
 
 from __future__ import annotations
@@ -61,12 +74,13 @@ from uniovseg.inference.prompts import check_prompts_inside, parse_boxes, parse_
 logger = logging.getLogger("uniovseg.demo")
 
 TASKS = ("automatic", "semantic", "panoptic", "prompted")
-EXIT_OK, EXIT_NOTHING_PROCESSED, EXIT_BAD_ARGUMENTS = 0, 1, 2
+EXIT_OK, EXIT_NOTHING_PROCESSED, EXIT_BAD_ARGUMENTS, EXIT_SUMMARY_NOT_WRITTEN = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
+    description, epilog = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=description, epilog=epilog, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="uniovseg YAML config")
     parser.add_argument(
@@ -172,8 +186,11 @@ def scaled_prompts(plan: dict, loaded) -> tuple[np.ndarray | None, np.ndarray | 
     return points, boxes
 
 
-def process_image(predictor, generator, loaded, args, plan, out_prefix: str) -> dict:
-    """Runs the task on one image and writes its files; returns the JSON written."""
+def process_image(
+    predictor, generator, loaded, args, plan, out_prefix: str, written: list[str]
+) -> dict:
+    """Runs the task on one image and writes its files (their paths appended to ``written``);
+    returns the JSON written."""
     predictor.set_image(loaded.image)
     info = {
         "file_name": loaded.path,
@@ -190,10 +207,19 @@ def process_image(predictor, generator, loaded, args, plan, out_prefix: str) -> 
     if args.task == "prompted":
         overlay = _prompted(predictor, loaded, args, plan, info)
     else:
-        overlay = _automatic(predictor, generator, loaded.image, args.task, out_prefix, info)
-    output_files.write_rgb_png(f"{out_prefix}_overlay.png", overlay)
-    output_files.write_json(f"{out_prefix}.json", info)
+        overlay = _automatic(
+            predictor, generator, loaded.image, args.task, out_prefix, info, written
+        )
+    _save(written, output_files.write_rgb_png, f"{out_prefix}_overlay.png", overlay)
+    _save(written, output_files.write_json, f"{out_prefix}.json", info)  # last: the image is done
     return info
+
+
+def _save(written: list[str], write, path: str, *args):
+    """``write(path, *args)``, recording ``path`` in ``written`` once it is there."""
+    result = write(path, *args)
+    written.append(path)
+    return result
 
 
 def _prompted(predictor, loaded, args, plan, info: dict) -> np.ndarray:
@@ -236,7 +262,9 @@ def _prompted(predictor, loaded, args, plan, info: dict) -> np.ndarray:
     )
 
 
-def _automatic(predictor, generator, image, task: str, out_prefix: str, info: dict) -> np.ndarray:
+def _automatic(
+    predictor, generator, image, task: str, out_prefix: str, info: dict, written: list[str]
+) -> np.ndarray:
     """Tasks automatic, semantic, panoptic: labelled automatic-mask records, label maps."""
     from uniovseg.inference import visualization
     from uniovseg.inference.automatic_mask_generator_api import automatic_records
@@ -262,15 +290,20 @@ def _automatic(predictor, generator, image, task: str, out_prefix: str, info: di
         overlay = visualization.draw_semantic(image, label_map, names)
     else:
         panoptic = predictor.predict_panoptic()
-        output_files.write_panoptic_png(f"{out_prefix}_panoptic.png", panoptic.panoptic_seg)
+        _save(
+            written,
+            output_files.write_panoptic_png,
+            f"{out_prefix}_panoptic.png",
+            panoptic.panoptic_seg,
+        )
         info["panoptic_file"] = os.path.basename(f"{out_prefix}_panoptic.png")
         info["segments_info"] = panoptic.segments_info
         label_map = output_files.panoptic_to_semantic(panoptic.panoptic_seg, panoptic.segments_info)
         overlay = visualization.draw_panoptic(
             image, panoptic.panoptic_seg, panoptic.segments_info, names
         )
-    info["semantic_ignore_value"] = output_files.write_label_map(
-        f"{out_prefix}_semantic.png", label_map, len(names)
+    info["semantic_ignore_value"] = _save(
+        written, output_files.write_label_map, f"{out_prefix}_semantic.png", label_map, len(names)
     )
     info["semantic_file"] = os.path.basename(f"{out_prefix}_semantic.png")
     return overlay
@@ -300,11 +333,21 @@ def main(argv: list[str] | None = None) -> int:
         if fits:
             parser.error(f"the prompts fit none of the input images: {fits[0]['reason']}")
 
+    try:  # before the model is built: a run must not compute everything and lose it
+        output_files.check_output_dir(args.output)
+    except ValueError as e:
+        parser.exit(EXIT_BAD_ARGUMENTS, f"{parser.prog}: error: {e}\n")
+
     summary = {"output": args.output, "task": args.task, "processed": [], "skipped": skipped}
     if candidates:
         run_images(parser, args, plan, candidates, summary)
-    os.makedirs(args.output, exist_ok=True)
-    output_files.write_json(os.path.join(args.output, "summary.json"), summary)
+    summary_path = os.path.join(args.output, output_files.SUMMARY_FILE)
+    try:
+        output_files.write_json(summary_path, summary)
+    except OSError as e:
+        print(f"{parser.prog}: error: cannot write {summary_path}: {e}", file=sys.stderr)
+        print_summary(summary, len(images) + len(problems))
+        return EXIT_SUMMARY_NOT_WRITTEN
     print_summary(summary, len(images) + len(problems))
     return EXIT_OK if summary["processed"] else EXIT_NOTHING_PROCESSED
 
@@ -330,30 +373,35 @@ def run_images(parser, args, plan, candidates, summary) -> None:
             ", ".join(class_display_names(plan["vocabulary"])[:10]),
         )
     generator = AutomaticMaskGenerator.from_predictor_config(predictor, output_mode="coco_rle")
-    os.makedirs(args.output, exist_ok=True)
+    names = output_files.output_names([item.name for item in candidates])
     with logging_redirect_tqdm():
-        for item in tqdm(candidates, desc=f"uniovseg {args.task}", unit="image"):
+        for item, name in zip(
+            tqdm(candidates, desc=f"uniovseg {args.task}", unit="image"), names, strict=True
+        ):
             start = time.perf_counter()
+            written: list[str] = []
             try:
                 loaded = read_image(item.path, max_side=args.max_side, min_side=args.min_side)
-                out_prefix = os.path.join(args.output, item.name)
+                out_prefix = os.path.join(args.output, name)
                 os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
-                info = process_image(predictor, generator, loaded, args, plan, out_prefix)
+                info = process_image(predictor, generator, loaded, args, plan, out_prefix, written)
             except ImageReadError as e:
-                summary["skipped"].append({"file": item.path, "reason": str(e)})
-                logger.warning("skipped %s: %s", item.path, e)
+                _skip(summary, item.path, str(e))
+                continue
+            except OSError as e:  # e.g. a full disk: this image's files, not the run, are lost
+                _remove_files(written)
+                _skip(summary, item.path, f"cannot write its output files: {e}")
                 continue
             except Exception as e:  # one failing image must not end a long run
-                reason = f"failed: {type(e).__name__}: {e}"
-                summary["skipped"].append({"file": item.path, "reason": reason})
-                logger.warning("skipped %s: %s", item.path, reason)
+                _remove_files(written)
+                _skip(summary, item.path, f"failed: {type(e).__name__}: {e}")
                 logger.debug("traceback of %s", item.path, exc_info=True)
                 continue
             seconds = time.perf_counter() - start
             summary["processed"].append(
                 {
                     "file": item.path,
-                    "output": f"{item.name}.json",
+                    "output": f"{name}.json",
                     "masks": len(info["records"]),
                     "seconds": round(seconds, 4),
                     "notes": loaded.notes,
@@ -361,6 +409,20 @@ def run_images(parser, args, plan, candidates, summary) -> None:
             )
     times = [p["seconds"] for p in summary["processed"]]
     summary["mean_seconds_per_image"] = float(np.mean(times)) if times else None
+
+
+def _skip(summary: dict, path: str, reason: str) -> None:
+    summary["skipped"].append({"file": path, "reason": reason})
+    logger.warning("skipped %s: %s", path, reason)
+
+
+def _remove_files(paths: list[str]) -> None:
+    """Removes the files written for an image that failed: its outputs are all or nothing."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError as e:
+            logger.warning("cannot remove %s of a skipped image: %s", path, e)
 
 
 def print_summary(summary: dict, num_inputs: int) -> None:

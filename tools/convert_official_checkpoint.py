@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Converts the authors' released stage-1 checkpoint into a detectron2 checkpoint of uniovseg.
 
-Reads the file safely (``torch.load(weights_only=True)``), maps the release's key layout to ours
+Reads the file safely (``torch.load(weights_only=True)``, pickles refused; see
+``uniovseg/checkpoint.py``), maps the release's key layout to ours
 (the identity: the layouts are the same), checks every name and shape strictly against our
 model built from a config (on the meta device, nothing allocated), and saves
 ``{"model": state_dict}`` for ``MODEL.WEIGHTS``. Exits with status 1 on any mismatch.
@@ -60,25 +61,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(config_file: str, opts: list[str]):
-    from detectron2.config import get_cfg
+    from uniovseg.config import load_config
 
-    from uniovseg.config import add_uniovseg_config
-
-    cfg = get_cfg()
-    add_uniovseg_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     cfg.freeze()
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the conversion; returns the process exit status (0: layouts match)."""
+    from uniovseg.checkpoint import read_checkpoint
     from uniovseg.modeling import checkpoint_conversion as cc
 
     args = parse_args(argv)
-    cfg = build_config(args.config_file, args.opts)
+    try:
+        cfg = build_config(args.config_file, args.opts)
+    except (OSError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     prefixes = tuple(args.only_prefix)
     include_backbone = not prefixes or any(p.startswith("backbone") for p in prefixes)
     expected = cc.expected_layout(cfg, include_backbone=include_backbone)
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             found = cc.load_manifest(args.manifest)
             state_dict = None
         else:
-            state_dict = cc.convert_official_state_dict(cc.load_checkpoint(args.input))
+            checkpoint = read_checkpoint(args.input)
+            state_dict = cc.convert_official_state_dict(
+                cc.extract_state_dict(checkpoint, source=repr(args.input))
+            )
             found = cc.shapes_of(state_dict)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,11 +19,10 @@ import argparse
 import json
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 import uniovseg.data.datasets  # noqa: F401  (registers the datasets)
-from uniovseg.config import add_uniovseg_config
+from uniovseg.config import load_config
 from uniovseg.data.promptable_eval_mapper import PromptableEvalMapper
 from uniovseg.evaluation.promptable_evaluator import PromptableEvaluator
 
@@ -84,17 +83,17 @@ def evaluate_baselines(cfg, dataset_name: str) -> dict[str, dict]:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="a dataset with evaluator 'promptable'")
     parser.add_argument("--config-file", required=True, help="gives the test input geometry")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args()
-    cfg = get_cfg()
-    add_uniovseg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except (OSError, KeyError, ValueError) as e:
+        parser.error(str(e))
     results = evaluate_baselines(cfg, args.dataset)
     for name, metrics in results.items():
         print(

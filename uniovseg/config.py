@@ -5,8 +5,15 @@ detectron2 already has a home for it. Each key carries a comment saying what it 
 under ``configs/`` override them with ``_BASE_`` inheritance.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 # CLIP pixel statistics in 0-255 units (open_clip's OPENAI_DATASET_MEAN/STD x 255); the frozen
 # CLIP backbone was trained with these, so every config uses them.
@@ -27,6 +34,45 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_alignment_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
     # --- mask decoder, data, alignment); keep one function per section.
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """The config of every entry point: detectron2's defaults, :func:`add_uniovseg_config`, the
+    YAML file (with its ``_BASE_`` files), then ``opts``.
+
+    YAML is read with ``yaml.safe_load`` only: detectron2's ``merge_from_file`` would fall back to
+    ``yaml.unsafe_load``, where a tag such as ``!!python/object/apply:os.system`` runs code.
+
+    Args:
+        config_file: A uniovseg YAML config; "" for the defaults alone.
+        opts: ``KEY VALUE`` overrides, e.g. ``["MODEL.WEIGHTS", "model.pth"]``.
+
+    Returns:
+        The config, not frozen.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ValueError: the file (or one of its bases) is not plain YAML, e.g. has a Python tag;
+            ``opts`` is not ``KEY VALUE`` pairs.
+        KeyError: a key that no config defines (detectron2's check).
+    """
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got {list(opts)}")
+    cfg = get_cfg()
+    add_uniovseg_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file {config_file!r} does not exist")
+        try:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
+        except yaml.YAMLError as e:
+            # A Python tag is a ConstructorError; the error's mark names the file (maybe a base).
+            raise ValueError(
+                f"cannot read config file {config_file!r}: it is not plain YAML (Python tags such "
+                f"as !!python/object are refused because they can run code): {e}"
+            ) from e
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def _add_clip_config(cfg: CN) -> None:

@@ -44,16 +44,12 @@ def build_and_run(*, config_file: str, opts: list[str], image_size: int) -> dict
     Returns:
         Human-readable (name -> value) facts about the model and the run.
     """
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
-    from uniovseg.config import add_uniovseg_config
+    from uniovseg.config import load_config
 
-    cfg = get_cfg()
-    add_uniovseg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     start = time.perf_counter()
     model = build_model(cfg)
     build_seconds = time.perf_counter() - start

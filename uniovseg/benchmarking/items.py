@@ -14,12 +14,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
 import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
-from uniovseg.config import add_uniovseg_config
+from uniovseg.checkpoint import UniOVSegCheckpointer
+from uniovseg.config import load_config
 from uniovseg.engine.optimizer import build_optimizer
 
 from .inference import benchmark_inference, compile_model
@@ -83,10 +82,7 @@ class ItemSpec:
 def build_config(config_file: str, opts: list[str], device: str):
     """A detectron2 config: the file, random CLIP weights (unless ``opts`` set
     ``MODEL.UNIOVSEG.CLIP.PRETRAINED``), ``opts``, then the device."""
-    cfg = get_cfg()
-    add_uniovseg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.UNIOVSEG.CLIP.PRETRAINED", ""] + list(opts))
+    cfg = load_config(config_file, ["MODEL.UNIOVSEG.CLIP.PRETRAINED", ""] + list(opts))
     cfg.MODEL.DEVICE = device
     return cfg
 
@@ -95,7 +91,7 @@ def _build_model(cfg):
     torch.manual_seed(0)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        UniOVSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model
 
 

@@ -19,7 +19,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -31,6 +30,7 @@ from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemS
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from uniovseg.checkpoint import UniOVSegCheckpointer
 from uniovseg.data.test_image_mapper import TestImageMapper
 from uniovseg.data.train_loader import build_resumable_train_loader
 from uniovseg.engine.optimizer import build_optimizer
@@ -184,9 +184,8 @@ class Trainer(DefaultTrainer):
             use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        # Safe loading, atomic saves, resume past torn checkpoints (uniovseg/checkpoint.py).
+        self.checkpointer = UniOVSegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

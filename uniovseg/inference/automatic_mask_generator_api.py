@@ -9,6 +9,9 @@ AutomaticMaskGenerationEngine` (point grid, IoU and stability filters, containme
 on features computed once per image by :class:`~uniovseg.inference.predictor.
 UniOVSegPredictor`. When the predictor has a vocabulary, every record also gets its class.
 
+``generate`` is safe on a predictor shared by several threads (see the predictor's "Thread
+safety"): each call works on its own image.
+
 Differences from SAM: no crops (``crop_n_layers`` must be 0; ``crop_box`` is the whole image),
 no custom ``point_grids``, and NMS also removes masks mostly contained in a better one
 (``nms_containment_thresh``, the release's rule). Defaults are the release's, not SAM's
@@ -24,6 +27,8 @@ import numpy as np
 from uniovseg.inference.automatic_mask_generator import (
     AutomaticMaskGenerationEngine,
     AutomaticMaskResult,
+    check_integer,
+    check_threshold,
     to_sam_records,
 )
 
@@ -104,6 +109,11 @@ class AutomaticMaskGenerator:
                 inside a better one.
             stability_score_center: Centre of the stability band, in logits.
             nms_scale: Resolution of the NMS frame relative to the input.
+
+        Raises:
+            ValueError: An unsupported option, or a number that is not finite or out of its
+                range (thresholds >= 0, where above 1 keeps no mask or turns an NMS rule off;
+                ``points_per_side`` >= 1; ...); the message names the argument and the range.
         """
         from uniovseg.inference.predictor import UniOVSegPredictor
 
@@ -116,12 +126,11 @@ class AutomaticMaskGenerator:
             raise ValueError("custom point_grids are not supported; set points_per_side")
         if output_mode not in _OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
-        if isinstance(model_or_predictor, UniOVSegPredictor):
-            self.predictor = model_or_predictor
-        else:
-            self.predictor = UniOVSegPredictor(model_or_predictor)
-        self.output_mode = output_mode
-        self.engine = AutomaticMaskGenerationEngine(
+        # The engine checks the other numbers under the same names; these two it names otherwise.
+        check_threshold("box_nms_thresh", box_nms_thresh, above_one="turns the rule off")
+        check_integer("min_mask_region_area", min_mask_region_area, low=0)
+        # Built first, so that a bad number fails before the model is wrapped.
+        engine = AutomaticMaskGenerationEngine(
             points_per_side=points_per_side,
             points_per_batch=points_per_batch,
             pred_iou_thresh=pred_iou_thresh,
@@ -133,6 +142,12 @@ class AutomaticMaskGenerator:
             nms_scale=nms_scale,
             min_region_area=min_mask_region_area,
         )
+        if isinstance(model_or_predictor, UniOVSegPredictor):
+            self.predictor = model_or_predictor
+        else:
+            self.predictor = UniOVSegPredictor(model_or_predictor)
+        self.output_mode = output_mode
+        self.engine = engine
 
     @classmethod
     def from_predictor_config(cls, predictor, output_mode: str = "binary_mask"):
@@ -159,15 +174,19 @@ class AutomaticMaskGenerator:
     def generate_result(self, image: np.ndarray):
         """Like :meth:`generate`, returning the tensors instead of records.
 
+        The image is set in a :meth:`~uniovseg.inference.predictor.UniOVSegPredictor.session`:
+        the calling thread's current image on the predictor is the same before and after, and
+        threads sharing the predictor never see each other's images.
+
         Returns:
             ``(AutomaticMaskResult, MaskLabels or None)``.
         """
-        self.predictor.set_image(image)
-        return self.result_for_current_image()
+        with self.predictor.session(image):
+            return self.result_for_current_image()
 
     def result_for_current_image(self):
-        """``(AutomaticMaskResult, MaskLabels or None)`` for the image already set on the
-        predictor (features are not recomputed)."""
+        """``(AutomaticMaskResult, MaskLabels or None)`` for the image that the calling thread
+        set on the predictor (features are not recomputed)."""
         result = self.predictor.generate_automatic_masks(self.engine)
         labels = None
         if self.predictor.has_vocabulary:

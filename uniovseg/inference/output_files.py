@@ -9,13 +9,24 @@ Formats:
 * semantic label map: single-channel PNG of class indices, uint8 with 255 for unlabelled
   pixels when there are fewer than 255 classes, else uint16 with 65535;
 * panoptic PNG: COCO panoptic RGB encoding (``id = R + 256 G + 256^2 B``, 0 = no segment).
+
+Every file is written atomically (a temporary ``PATH.tmp`` renamed into place): an interrupted
+or failed write never leaves a half-written file.
+
+File names: an image named ``NAME`` gets ``NAME`` + each of :data:`IMAGE_FILE_SUFFIXES`, and the
+run gets :data:`SUMMARY_FILE`. No suffix ends another one, so distinct names (see
+:func:`output_names`) never share a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -24,7 +35,11 @@ from PIL import Image
 from uniovseg.modeling.mask_postprocessing import encode_masks_rle, masks_to_boxes
 
 __all__ = [
+    "IMAGE_FILE_SUFFIXES",
+    "SUMMARY_FILE",
+    "check_output_dir",
     "label_map_ignore_value",
+    "output_names",
     "panoptic_to_semantic",
     "prompt_records",
     "write_json",
@@ -35,6 +50,86 @@ __all__ = [
 
 _UINT8_IGNORE = 255
 _UINT16_IGNORE = 65535
+
+# The run's own file, at the top of the output folder.
+SUMMARY_FILE = "summary.json"
+# Appended to an image's output name: records, overlay, label map, panoptic PNG.
+IMAGE_FILE_SUFFIXES = (".json", "_overlay.png", "_semantic.png", "_panoptic.png")
+
+
+def output_names(names: Sequence[str]) -> list[str]:
+    """Output names (paths relative to the output folder, without suffix) that cannot collide.
+
+    A name is kept unless an earlier one took it or it is the run's own (``summary``, whose
+    ``.json`` is :data:`SUMMARY_FILE`); then ``_2``, ``_3``... is appended, as
+    :func:`~uniovseg.inference.image_io.collect_image_paths` does. Names are compared
+    case-insensitively: ``A`` and ``a`` are one file on macOS and Windows file systems.
+
+    Args:
+        names: Wanted names, e.g. ``ImageInput.name`` of each input (``"a"``, ``"sub/b"``).
+
+    Returns:
+        One unique name per input, in order.
+    """
+    taken = {os.path.splitext(SUMMARY_FILE)[0].casefold()}
+    unique_names = []
+    for name in names:
+        unique, n = name, 1
+        while unique.casefold() in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique.casefold())
+        unique_names.append(unique)
+    return unique_names
+
+
+def check_output_dir(path: str) -> None:
+    """Creates the output folder if needed and proves that files can be written in it (a
+    temporary file is created, written and removed), so that a run fails before any work.
+
+    Raises:
+        ValueError: ``path`` is a file, lies under a file, or cannot be created or written in;
+            the message says which.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"the output folder {path!r} is a file; give a folder path")
+    for parent in Path(path).absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(
+                f"the output folder {path!r} lies under {str(parent)!r}, which is a file; "
+                "give a folder path"
+            )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {path!r}: {e.strerror or e}") from e
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".uniovseg-write-test-", suffix=".tmp", dir=path)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write in the output folder {path!r}: {e.strerror or e}") from e
+
+
+def _write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write`` on ``PATH.tmp``, then renames it to ``path``; removes it on failure."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _save_png(path: str, array: np.ndarray, **options) -> None:
+    image = Image.fromarray(array)
+    _write_atomically(path, lambda f: image.save(f, format="PNG", **options))
 
 
 def label_map_ignore_value(num_classes: int) -> int:
@@ -53,7 +148,7 @@ def write_label_map(path: str, labels: np.ndarray, num_classes: int) -> int:
     ignore = label_map_ignore_value(num_classes)
     dtype = np.uint8 if ignore == _UINT8_IGNORE else np.uint16
     valid = (labels >= 0) & (labels < num_classes)
-    Image.fromarray(np.where(valid, labels, ignore).astype(dtype)).save(path)
+    _save_png(path, np.where(valid, labels, ignore).astype(dtype))
     return ignore
 
 
@@ -61,13 +156,13 @@ def write_panoptic_png(path: str, panoptic_seg: np.ndarray) -> None:
     """Writes segment ids [H, W] in COCO panoptic's RGB encoding."""
     from panopticapi.utils import id2rgb
 
-    Image.fromarray(id2rgb(np.asarray(panoptic_seg, dtype=np.int64)).astype(np.uint8)).save(path)
+    _save_png(path, id2rgb(np.asarray(panoptic_seg, dtype=np.int64)).astype(np.uint8))
 
 
 def write_rgb_png(path: str, image: np.ndarray) -> None:
     """Writes a uint8 [H, W, 3] RGB picture."""
     # Fast compression: overlays of large photos take seconds at the default level.
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, compress_level=1)
+    _save_png(path, np.asarray(image, dtype=np.uint8), compress_level=1)
 
 
 def panoptic_to_semantic(panoptic_seg: np.ndarray, segments_info: list[dict]) -> np.ndarray:
@@ -142,7 +237,5 @@ def prompt_records(
 def write_json(path: str, data: dict) -> None:
     """Writes ``data`` as JSON atomically (a temporary file renamed into place), so an
     interrupted run never leaves a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    encoded = json.dumps(data).encode("utf-8")  # before opening: a bad value writes nothing
+    _write_atomically(path, lambda f: f.write(encoded))

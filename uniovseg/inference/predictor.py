@@ -22,9 +22,15 @@ Differences from ``SamPredictor`` that a SAM user should know:
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import warnings
-from collections.abc import Collection, Sequence
+import weakref
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,6 +59,10 @@ from uniovseg.modeling.mask_postprocessing import stability_score
 from uniovseg.modeling.open_vocab_inference import soft_masks
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits, semantic_labels
 
+if TYPE_CHECKING:
+    from uniovseg.modeling.mask_decoder import DecoderMemory
+    from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
+
 __all__ = [
     "MaskLabels",
     "PanopticPrediction",
@@ -70,6 +80,66 @@ _RESIZE_CHUNK = 16
 _FRAME_TOLERANCE = 1e-3
 
 
+# One lock per model, shared by all its predictors (``AutomaticMaskGenerator(model)`` wraps its
+# own): the vocabulary and the text embeddings cached in the model are shared state, and the
+# model's calls are not re-entrant. Weak keys: a lock lives as long as its model.
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model) -> threading.RLock:
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+def _locked(method):
+    """Runs a predictor method holding the lock of its model (see the Thread safety section)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+@dataclass
+class _ImageFeatures:
+    """Everything :meth:`UniOVSegPredictor.set_image` computes for one image; owned by the
+    thread that set it.
+
+    Attributes:
+        pixel_features: The pixel decoder's outputs for the padded input.
+        decoder_memory: The prompt decoder's prompt-independent memory of them.
+        clip_dense: Dense CLIP features (region classification).
+        original_size: (H0, W0) of the image given.
+        input_size: (h, w) of its resized region inside the padded input.
+        padded_size: (S, S) of the padded input.
+        automatic_cache: ``(engine key, AutomaticMaskResult)`` of the last automatic masks.
+    """
+
+    pixel_features: PixelDecoderOutput
+    decoder_memory: DecoderMemory
+    clip_dense: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    automatic_cache: tuple | None = None
+
+
+def _image_attribute(name: str, doc: str) -> property:
+    """A read-only property: ``name`` of the calling thread's image, None without one."""
+
+    def get(self):
+        state = self._current()
+        return None if state is None else getattr(state, name)
+
+    return property(get, doc=doc)
+
+
 class UniOVSegPredictor:
     """Prompted, automatic and open-vocabulary segmentation of one image at a time.
 
@@ -81,6 +151,22 @@ class UniOVSegPredictor:
         predictor.set_vocabulary("cat; dog, puppy; sky")
         out = predictor.predict_with_labels(boxes=np.array([[10, 20, 200, 180]]))
         semantic = predictor.predict_semantic()          # labels [H, W], class_names
+
+    Thread safety:
+        One predictor can serve many threads, and no call ever returns the results of an image
+        that another thread set. The current image is per thread: :meth:`set_image` changes
+        only the image used by the calling thread's later calls, so ``predictor.set_image(a)``
+        then ``predictor.predict(...)`` running in several threads at once cannot mix images,
+        and a thread that has set no image gets a ``ValueError``. Every public method holds a
+        re-entrant lock shared by all predictors of the same model: the model runs one call at
+        a time, and each call sees one image and one vocabulary. The vocabulary belongs to the
+        model: :meth:`set_vocabulary` applies to the later calls of every thread, and each
+        labelled result carries the class names it was computed with. An image belongs to a
+        thread, not to a request: where one request's ``set_image`` and ``predict`` may run on
+        different threads (a thread pool running each call as its own task), call them from
+        one function, best inside ``with predictor.session(image):``, which also frees the
+        features when the block ends (``AutomaticMaskGenerator.generate(image)`` does this).
+        Calls are serialized; for parallel throughput use one predictor and model per worker.
     """
 
     def __init__(self, model) -> None:
@@ -112,7 +198,8 @@ class UniOVSegPredictor:
         self.model = model
         self.cfg = None
         self.transform = ResizeLongestSide(model.test_input_size)
-        self.reset_image()
+        self._lock = _model_lock(model)
+        self._local = threading.local()  # .image: the calling thread's _ImageFeatures or None
 
     @classmethod
     def from_config(
@@ -133,19 +220,15 @@ class UniOVSegPredictor:
                 POINTS_PER_SIDE", "32"]``.
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: the config's ``MODEL.DEVICE``.
         """
-        from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.config import get_cfg
         from detectron2.modeling import build_model
 
         import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
-        from uniovseg.config import add_uniovseg_config
+        from uniovseg.checkpoint import UniOVSegCheckpointer
+        from uniovseg.config import load_config
 
         if len(opts) % 2:
             raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
-        cfg = get_cfg()
-        add_uniovseg_config(cfg)
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+        cfg = load_config(config_file, opts)  # plain YAML only: no Python tags
         if device is not None:
             cfg.MODEL.DEVICE = device
         if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
@@ -159,8 +242,9 @@ class UniOVSegPredictor:
         model = build_model(cfg)
         if cfg.MODEL.WEIGHTS:
             try:
-                DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-            except AssertionError as e:  # fvcore asserts that the file exists
+                # Refuses pickles; reads tensors only (torch.load(weights_only=True)).
+                UniOVSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            except FileNotFoundError as e:
                 raise ValueError(f"cannot load weights {cfg.MODEL.WEIGHTS!r}: {e}") from e
         model.eval()
         predictor = cls(model)
@@ -172,23 +256,30 @@ class UniOVSegPredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    def _current(self) -> _ImageFeatures | None:
+        """The calling thread's image features, or None."""
+        return getattr(self._local, "image", None)
+
     @property
     def is_image_set(self) -> bool:
-        return self._pixel_features is not None
+        """Whether the calling thread has set an image."""
+        return self._current() is not None
+
+    original_size = _image_attribute("original_size", "(H0, W0) of the thread's image, or None.")
+    input_size = _image_attribute("input_size", "(h, w) of its resized region, or None.")
+    padded_size = _image_attribute("padded_size", "(S, S) of its padded input, or None.")
+    _pixel_features = _image_attribute("pixel_features", "Its PixelDecoderOutput, or None.")
+    _clip_dense = _image_attribute("clip_dense", "Its dense CLIP features, or None.")
 
     def reset_image(self) -> None:
-        """Forgets the current image and its features."""
-        self._pixel_features = None
-        self._decoder_memory = None
-        self._clip_dense = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
-        self.padded_size: tuple[int, int] | None = None
-        self._automatic_cache: tuple | None = None
+        """Forgets the calling thread's image and frees its features."""
+        self._local.image = None
 
+    @_locked
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Computes the image's features (CLIP backbone + pixel decoder), once.
+        """Computes the image's features (CLIP backbone + pixel decoder), once, and makes it
+        the calling thread's current image.
 
         Args:
             image: uint8 [H, W, 3] array (``image_io.to_rgb_uint8`` converts grayscale, RGBA,
@@ -208,6 +299,7 @@ class UniOVSegPredictor:
             raise ValueError(f"the image is empty: {image.shape}")
         if image_format == "BGR":
             image = image[..., ::-1]
+        # Forget the previous image first: if this call fails, later calls must not use it.
         self.reset_image()
         # A private copy: read-only arrays (e.g. from PIL) cannot back a tensor safely.
         tensor = torch.from_numpy(np.array(image, dtype=np.uint8, order="C")).permute(2, 0, 1)
@@ -217,38 +309,73 @@ class UniOVSegPredictor:
         assert tuple(valid) == self.transform.input_size(original), (valid, original)
         with self.model.inference_precision():
             features = self.model.backbone(images)
-            self._pixel_features = self.model.sem_seg_head.forward_features(features)
+            pixel_features = self.model.sem_seg_head.forward_features(features)
             # Shared by every chunk of prompts of this image (projected keys and values...).
-            self._decoder_memory = self.model.prepare_prompt_decoding(self._pixel_features)
-        self._clip_dense = features["clip_vis_dense"]
-        self.original_size = original
-        self.input_size = (int(valid[0]), int(valid[1]))
-        self.padded_size = (int(images.shape[-2]), int(images.shape[-1]))
+            decoder_memory = self.model.prepare_prompt_decoding(pixel_features)
+        self._local.image = _ImageFeatures(
+            pixel_features=pixel_features,
+            decoder_memory=decoder_memory,
+            clip_dense=features["clip_vis_dense"],
+            original_size=original,
+            input_size=(int(valid[0]), int(valid[1])),
+            padded_size=(int(images.shape[-2]), int(images.shape[-1])),
+        )
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise ValueError("no image is set: call predictor.set_image(image) first")
+    @contextmanager
+    def session(self, image: np.ndarray, image_format: str = "RGB") -> Iterator[UniOVSegPredictor]:
+        """Makes ``image`` the calling thread's image inside a ``with`` block.
+
+        Example::
+
+            with predictor.session(image):
+                masks, ious, _ = predictor.predict(point_coords=points)
+
+        When the block ends, the thread's previous image (or none) comes back and the block's
+        features are freed. Other threads are never affected (see Thread safety).
+
+        Args:
+            image, image_format: As in :meth:`set_image`.
+        """
+        previous = self._current()
+        try:
+            self.set_image(image, image_format)
+            yield self
+        finally:
+            self._local.image = previous
+
+    def _require_image(self) -> _ImageFeatures:
+        state = self._current()
+        if state is None:
+            raise ValueError(
+                "no image is set in this thread: call predictor.set_image(image) first (each "
+                "thread has its own image, see UniOVSegPredictor's 'Thread safety')"
+            )
+        return state
 
     # ------------------------------------------------------------------ vocabulary
     @property
+    @_locked
     def has_vocabulary(self) -> bool:
         open_vocab = self.model.open_vocab
         return open_vocab is not None and open_vocab.text_classifier.num_classes > 0
 
     @property
+    @_locked
     def vocabulary(self) -> list[str]:
         """Class entries (comma-separated synonyms) of the current vocabulary, or []."""
         return self.model.open_vocab.text_classifier.vocabulary if self.has_vocabulary else []
 
     @property
+    @_locked
     def class_names(self) -> list[str]:
         """Display names (first synonyms) of the current vocabulary, or []."""
         return class_display_names(self.vocabulary)
 
+    @_locked
     def set_vocabulary(
         self, vocabulary: str | Sequence[str], thing_classes: Collection[int | str] = ()
     ) -> list[str]:
-        """Sets the classes used by labels, semantic and panoptic outputs.
+        """Sets the classes used by labels, semantic and panoptic outputs, for every thread.
 
         Args:
             vocabulary: A list of class entries (``["cat", "dog, puppy"]``), an inline string
@@ -279,6 +406,7 @@ class UniOVSegPredictor:
             )
 
     # ------------------------------------------------------------------ prompts
+    @_locked
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -323,6 +451,7 @@ class UniOVSegPredictor:
         )
         return out.masks, out.iou_predictions, out.low_res_logits
 
+    @_locked
     def predict_with_labels(
         self,
         point_coords: np.ndarray | None = None,
@@ -346,19 +475,20 @@ class UniOVSegPredictor:
         Returns:
             A :class:`PromptPrediction` of numpy arrays.
         """
-        self._require_image()
+        state = self._require_image()
         prompt_type, prompts, single = sam_prompt_arrays(point_coords, point_labels, box, boxes)
         reject_mask_input(mask_input)
         check_prompts_inside(
-            self.original_size,
+            state.original_size,
             points=prompts if prompt_type == "point" else None,
             boxes=prompts if prompt_type == "box" else None,
         )
         if prompt_type == "point":
-            input_prompts = self.transform.apply_coords(prompts, self.original_size)
+            input_prompts = self.transform.apply_coords(prompts, state.original_size)
         else:
-            input_prompts = self.transform.apply_boxes(prompts, self.original_size)
+            input_prompts = self.transform.apply_boxes(prompts, state.original_size)
         outputs = self._predict(
+            state,
             prompt_type,
             torch.as_tensor(input_prompts, device=self.device),
             multimask_output=multimask_output,
@@ -378,6 +508,7 @@ class UniOVSegPredictor:
             class_names=self.class_names if "labels" in arrays else [],
         )
 
+    @_locked
     def predict_torch(
         self,
         point_coords: torch.Tensor | None = None,
@@ -403,7 +534,7 @@ class UniOVSegPredictor:
             ``(masks [N, M, H0, W0] bool (or float logits), iou_predictions [N, M],
             low_res_logits [N, M, S/4, S/4])`` on the model's device; never squeezed.
         """
-        self._require_image()
+        state = self._require_image()
         reject_mask_input(mask_input)
         if (point_coords is None) == (boxes is None):
             raise ValueError(
@@ -420,13 +551,14 @@ class UniOVSegPredictor:
         prompt_rows(prompts, width, name)
         prompts = prompts.reshape(-1, width).to(self.device, torch.float32)
         check_prompts_inside(
-            self.input_size,
+            state.input_size,
             points=prompts.cpu().numpy() if prompt_type == "point" else None,
             boxes=prompts.cpu().numpy() if prompt_type == "box" else None,
             frame="input frame (the image resized by predictor.transform)",
             tolerance=_FRAME_TOLERANCE,
         )
         out = self._predict(
+            state,
             prompt_type,
             prompts,
             multimask_output=multimask_output,
@@ -438,6 +570,7 @@ class UniOVSegPredictor:
     @torch.no_grad()
     def _predict(
         self,
+        state: _ImageFeatures,
         prompt_type: str,
         prompts: torch.Tensor,
         *,
@@ -446,26 +579,26 @@ class UniOVSegPredictor:
         with_labels: bool,
     ) -> dict[str, torch.Tensor]:
         """Validated input-frame prompts [N, 2|4] -> tensors [N, M, ...] (see PromptPrediction)."""
-        lowres, iou_probs = self._decode(prompt_type, prompts)
+        lowres, iou_probs = self._decode(state, prompt_type, prompts)
         if prompt_type == "point" and not multimask_output and lowres.shape[1] > 1:
             best = iou_probs.argmax(dim=1)
             rows = torch.arange(lowres.shape[0], device=lowres.device)
             lowres, iou_probs = lowres[rows, best][:, None], iou_probs[rows, best][:, None]
         num, num_outputs = lowres.shape[:2]
-        masks, stability = self._to_original(lowres.flatten(0, 1), return_logits)
+        masks, stability = self._to_original(state, lowres.flatten(0, 1), return_logits)
         outputs = {
-            "masks": masks.reshape(num, num_outputs, *self.original_size),
+            "masks": masks.reshape(num, num_outputs, *state.original_size),
             "iou_predictions": iou_probs,
             "low_res_logits": lowres,
             "stability_scores": stability.reshape(num, num_outputs),
         }
         if with_labels:
-            labels, scores = self._classify(lowres.flatten(0, 1))[:2]
+            labels, scores = self._classify(state, lowres.flatten(0, 1))[:2]
             outputs["labels"] = labels.reshape(num, num_outputs)
             outputs["scores"] = scores.reshape(num, num_outputs)
         return outputs
 
-    def _decode(self, prompt_type: str, prompts: torch.Tensor):
+    def _decode(self, state: _ImageFeatures, prompt_type: str, prompts: torch.Tensor):
         """[N, 2|4] input-frame prompts -> (low-res logits [N, M, h, w], IoU probs [N, M]);
         prompts are decoded ``model.prompts_per_chunk`` at a time (memory bound only)."""
         chunk = max(1, int(self.model.prompts_per_chunk))
@@ -473,10 +606,10 @@ class UniOVSegPredictor:
         for start in range(0, prompts.shape[0], chunk):
             with self.model.inference_precision():
                 out = self.model.decode_prompts(
-                    self._decoder_memory,
+                    state.decoder_memory,
                     prompts[start : start + chunk][None],
                     prompt_type=prompt_type,
-                    input_size=self.padded_size,
+                    input_size=state.padded_size,
                 )
             logits.append(out.mask_logits[0].float())
             ious.append(out.iou_logits[0].float().sigmoid())
@@ -484,24 +617,25 @@ class UniOVSegPredictor:
             return torch.cat(logits), torch.cat(ious)
         encoder = self.model.sem_seg_head.predictor.prompt_encoder
         num_outputs = encoder.num_multimask_outputs if prompt_type == "point" else 1
-        lowres_size = self._pixel_features.mask_features.shape[-2:]
+        lowres_size = state.pixel_features.mask_features.shape[-2:]
         empty = torch.zeros((0, num_outputs, *lowres_size), device=self.device)
         return empty, torch.zeros((0, num_outputs), device=self.device)
 
     def _to_original(
-        self, lowres: torch.Tensor, return_logits: bool
+        self, state: _ImageFeatures, lowres: torch.Tensor, return_logits: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """[K, h, w] low-res logits -> (masks [K, H0, W0] bool or logits, stability [K])."""
         engine = self.model.mask_generator
         dtype = torch.float32 if return_logits else torch.bool
-        masks = torch.zeros((lowres.shape[0], *self.original_size), dtype=dtype, device=self.device)
+        size = state.original_size
+        masks = torch.zeros((lowres.shape[0], *size), dtype=dtype, device=self.device)
         stability = torch.zeros(lowres.shape[0], device=self.device)
         for start in range(0, lowres.shape[0], _RESIZE_CHUNK):
             logits = resize_mask_logits(
                 lowres[start : start + _RESIZE_CHUNK],
-                input_size=self.input_size,
-                output_size=self.original_size,
-                padded_size=self.padded_size,
+                input_size=state.input_size,
+                output_size=state.original_size,
+                padded_size=state.padded_size,
             )
             stability[start : start + _RESIZE_CHUNK] = stability_score(
                 logits, engine.stability_score_offset, engine.stability_score_center
@@ -510,6 +644,7 @@ class UniOVSegPredictor:
         return masks, stability
 
     # ------------------------------------------------------------------ labels
+    @_locked
     @torch.no_grad()
     def classify_masks(self, mask_logits_lowres: torch.Tensor) -> MaskLabels:
         """Open-vocabulary labels of masks of the current image.
@@ -521,12 +656,13 @@ class UniOVSegPredictor:
         Returns:
             :class:`MaskLabels` (numpy).
         """
-        self._require_image()
+        state = self._require_image()
         self._require_vocabulary()
-        labels, scores, _ = self._classify(torch.as_tensor(mask_logits_lowres, device=self.device))
+        lowres = torch.as_tensor(mask_logits_lowres, device=self.device)
+        labels, scores, _ = self._classify(state, lowres)
         return MaskLabels(labels.cpu().numpy(), scores.cpu().numpy(), self.class_names)
 
-    def _classify(self, lowres: torch.Tensor):
+    def _classify(self, state: _ImageFeatures, lowres: torch.Tensor):
         """[K, h, w] logits -> (labels long [K], scores float [K], RegionClassification|None)."""
         if lowres.dim() != 3:
             raise ValueError(f"mask logits must be [K, h, w], got {tuple(lowres.shape)}")
@@ -535,13 +671,14 @@ class UniOVSegPredictor:
             return empty.long(), empty, None
         with self.model.inference_precision():
             embeds = self.model.region_embeddings(
-                self._clip_dense, self._pixel_features, lowres.float().sigmoid()
+                state.clip_dense, state.pixel_features, lowres.float().sigmoid()
             )
         classification = self.model.open_vocab.text_classifier.predict(embeds.float())
         scores, labels = classification.probs.max(dim=1)
         return labels, scores, classification
 
     # ------------------------------------------------------------------ automatic
+    @_locked
     @torch.no_grad()
     def generate_automatic_masks(
         self, engine: AutomaticMaskGenerationEngine | None = None
@@ -555,39 +692,44 @@ class UniOVSegPredictor:
         Returns:
             An :class:`AutomaticMaskResult` (tensors on the model's device).
         """
-        self._require_image()
+        return self._automatic_masks(self._require_image(), engine)
+
+    def _automatic_masks(
+        self, state: _ImageFeatures, engine: AutomaticMaskGenerationEngine | None
+    ) -> AutomaticMaskResult:
         engine = engine if engine is not None else self.model.mask_generator
         key = (id(engine), tuple(sorted(vars(engine).items())))
-        if self._automatic_cache is not None and self._automatic_cache[0] == key:
-            return self._automatic_cache[1]
+        if state.automatic_cache is not None and state.automatic_cache[0] == key:
+            return state.automatic_cache[1]
 
         def predict_fn(point_coords: torch.Tensor):
             with self.model.inference_precision():
                 out = self.model.decode_prompts(
-                    self._decoder_memory,
+                    state.decoder_memory,
                     point_coords,
                     prompt_type="point",
-                    input_size=self.padded_size,
+                    input_size=state.padded_size,
                 )
             return out.mask_logits, out.iou_logits
 
         result = engine.generate(
             predict_fn,
-            valid_size=self.input_size,
-            input_size=self.padded_size,
-            original_size=self.original_size,
+            valid_size=state.input_size,
+            input_size=state.padded_size,
+            original_size=state.original_size,
             device=self.device,
         )
-        self._automatic_cache = (key, result)
+        state.automatic_cache = (key, result)
         return result
 
-    def _automatic_probs(self, engine):
+    def _automatic_probs(self, state: _ImageFeatures, engine):
         """Automatic masks, their classification and probabilities at the original size."""
-        result = self.generate_automatic_masks(engine)
-        _, _, classification = self._classify(result.mask_logits_lowres)
-        mask_probs = soft_masks(result, valid_size=self.input_size, input_size=self.padded_size)
+        result = self._automatic_masks(state, engine)
+        _, _, classification = self._classify(state, result.mask_logits_lowres)
+        mask_probs = soft_masks(result, valid_size=state.input_size, input_size=state.padded_size)
         return result, classification, mask_probs
 
+    @_locked
     @torch.no_grad()
     def predict_semantic(
         self, engine: AutomaticMaskGenerationEngine | None = None
@@ -599,17 +741,18 @@ class UniOVSegPredictor:
             :class:`SemanticPrediction`: ``labels`` int64 [H0, W0] class indices (-1 everywhere
             when no automatic mask was found) and ``class_names``.
         """
-        self._require_image()
+        state = self._require_image()
         self._require_vocabulary()
-        result, classification, mask_probs = self._automatic_probs(engine)
+        result, classification, mask_probs = self._automatic_probs(state, engine)
         if classification is None:
-            labels = torch.full(self.original_size, UNLABELED, dtype=torch.long)
+            labels = torch.full(state.original_size, UNLABELED, dtype=torch.long)
         else:
             postprocessor = self.model.open_vocab.postprocessor
             weights = result.iou_scores if postprocessor.semantic_use_mask_scores else None
             labels = semantic_labels(mask_probs, classification.probs, mask_scores=weights)
         return SemanticPrediction(labels.cpu().numpy(), self.class_names)
 
+    @_locked
     @torch.no_grad()
     def predict_panoptic(
         self, engine: AutomaticMaskGenerationEngine | None = None
@@ -622,12 +765,12 @@ class UniOVSegPredictor:
             :class:`PanopticPrediction`: ``panoptic_seg`` int32 [H0, W0] (0 = no segment) and
             ``segments_info`` (``id``, ``category_id``, ``category``, ``isthing``, ``score``).
         """
-        self._require_image()
+        state = self._require_image()
         self._require_vocabulary()
-        result, classification, mask_probs = self._automatic_probs(engine)
+        result, classification, mask_probs = self._automatic_probs(state, engine)
         names = self.class_names
         if classification is None:
-            panoptic = np.zeros(self.original_size, dtype=np.int32)
+            panoptic = np.zeros(state.original_size, dtype=np.int32)
             return PanopticPrediction(panoptic, [])
         open_vocab = self.model.open_vocab
         panoptic_seg, segments_info = open_vocab.postprocessor.panoptic(

@@ -1,0 +1,322 @@
+"""Checkpoints that cannot run code when read and are never left half-written.
+
+detectron2's ``DetectionCheckpointer`` unpickles ``.pkl`` files (arbitrary code runs while they
+load), fvcore reads ``.pth`` files with ``torch.load`` without ``weights_only`` (so
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns the restricted unpickler off), a file that does not
+exist fails on an ``assert``, and checkpoints are written in place: a run killed while saving
+leaves a torn ``model_*.pth`` that ``--resume`` then cannot read. :class:`UniOVSegCheckpointer`
+is the one checkpointer of uniovseg (training, evaluation, the predictor, benchmarks); it
+
+- refuses pickle files (``.pkl``, ``.pickle``, ``.pyth``) with a message on how to convert them;
+- reads ``.pth``/``.pt``/``.bin`` files with ``torch.load(weights_only=True)``, stated
+  explicitly so that no environment variable can turn it off, and ``.safetensors`` files;
+- writes each checkpoint and ``last_checkpoint`` to a temporary file in the same folder, then
+  renames it over the target (``os.replace``), so a reader sees the old file or the new one;
+- on resume, falls back from a torn checkpoint to the newest intact ``model_*.pth``.
+
+:func:`read_checkpoint` is its reader, for tools that need the raw file content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = [
+    "CorruptCheckpointError",
+    "UniOVSegCheckpointer",
+    "UnsafeCheckpointError",
+    "read_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+# Files that only Python's unrestricted unpickler reads (detectron2/Caffe2 model zoo, pycls).
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pyth")
+# The file in a save folder that names the latest checkpoint (fvcore's convention).
+LAST_CHECKPOINT = "last_checkpoint"
+# Periodic checkpoints of detectron2's PeriodicCheckpointer: model_0000999.pth, model_final.pth.
+_PERIODIC_NAME = re.compile(r"^model_(\d+|final)\.pth$")
+# The first byte of a pickle of protocol 2 or later (the PROTO opcode).
+_PICKLE_PROTO = b"\x80"
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled Python objects (refused: unpickling can run arbitrary code)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """The file is truncated or damaged (e.g. a run was killed while writing it)."""
+
+
+def _pickle_refusal(path: str) -> str:
+    return (
+        f"Refusing to load {path!r}: it is a Python pickle, and unpickling can run arbitrary "
+        "code. If you trust the file, convert it once to a state dict of tensors, in .pth or "
+        ".safetensors form, e.g.\n"
+        "  python -c \"import pickle, torch; d = pickle.load(open('IN.pkl', 'rb')); "
+        "d = d.get('model', d); torch.save({'model': {k: torch.as_tensor(v) for k, v in "
+        "d.items()}}, 'OUT.pth')\"\n"
+        "then point MODEL.WEIGHTS (or the weights argument) to OUT.pth."
+    )
+
+
+def read_checkpoint(path: str) -> Any:
+    """Reads a checkpoint file without unpickling arbitrary Python objects.
+
+    Args:
+        path: A local ``.safetensors`` file, or a ``torch.save`` file (``.pth``/``.pt``/``.bin``)
+            holding only tensors and plain containers/numbers/strings (a state dict, detectron2's
+            ``{"model": ..., "optimizer": ..., "iteration": ...}``...).
+
+    Returns:
+        What ``torch.save`` stored, on the CPU; for ``.safetensors``, the flat
+        ``name -> tensor`` dict.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        UnsafeCheckpointError: a pickle file (by suffix), or a file holding pickled objects that
+            ``torch.load(weights_only=True)`` refuses.
+        CorruptCheckpointError: the file is truncated, damaged or not a checkpoint.
+    """
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeCheckpointError(_pickle_refusal(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        # The header parser and the reader fail with several exception types on a bad file.
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"Could not read checkpoint {path!r}: the .safetensors file is truncated or "
+                f"corrupt ({_first_line(e)})."
+            ) from e
+    try:
+        # weights_only=True explicitly: the default can be flipped by an environment variable.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if _is_pickled_data(path):
+            raise UnsafeCheckpointError(
+                f"Refusing to load {path!r}: torch.load(weights_only=True) found pickled Python "
+                "objects other than tensors, and unpickling them can run arbitrary code. If you "
+                "trust the file, re-save only its tensors, e.g. torch.save({'model': "
+                "model.state_dict()}, 'model.pth') or safetensors.torch.save_file(state_dict, "
+                f"'model.safetensors'). Reader error: {_first_line(e)}"
+            ) from e
+        raise CorruptCheckpointError(_corrupt_message(path, e)) from e
+    # A damaged file fails in the zip reader or the unpickler with many exception types.
+    except Exception as e:
+        raise CorruptCheckpointError(_corrupt_message(path, e)) from e
+
+
+def _is_pickled_data(path: str) -> bool:
+    """Whether a file torch could not read is a pickle (zip from torch.save, or a raw pickle)
+    rather than damaged bytes (a killed write can leave zeros or nothing)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == _PICKLE_PROTO
+
+
+def _corrupt_message(path: str, error: BaseException) -> str:
+    return (
+        f"Could not read checkpoint {path!r} with torch.load(weights_only=True): the file is "
+        "truncated or corrupt (e.g. a run was killed while saving it), or it is not a "
+        f"torch.save/.safetensors checkpoint. Reader error: {_first_line(error)}"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Writes ``path`` through a temporary file in its folder that is renamed over it at the end,
+    so ``path`` is always either its old content or the complete new one."""
+    directory = os.path.dirname(path) or "."
+    # Hidden and without the .pth suffix: never taken for a checkpoint. Created with the default
+    # permissions (tempfile.mkstemp would make the final checkpoint owner-only).
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    # Make the rename itself durable; not every platform can open a folder.
+    try:
+        folder = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
+class UniOVSegCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that loads safely, saves atomically and resumes past torn files.
+
+    Same constructor and methods as detectron2's. ``save_dir`` must be a local folder (writes go
+    through ``os.replace``). After :meth:`resume_or_load`, ``resumed_from`` is the checkpoint
+    the run resumed from ("" when it started over).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.resumed_from = ""
+        # None until resume_or_load(resume=True) ran; then whether it resumed (see has_checkpoint).
+        self._resumed: bool | None = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self, path: str, *args, **kwargs) -> dict[str, Any]:
+        """As detectron2's, but a missing local file raises FileNotFoundError, not an assert.
+
+        Raises:
+            FileNotFoundError: ``path`` is neither a local file nor a URL.
+            UnsafeCheckpointError, CorruptCheckpointError: see :func:`read_checkpoint`.
+        """
+        if path and "://" not in path and not os.path.isfile(path.split("?", 1)[0]):
+            raise FileNotFoundError(
+                f"Checkpoint {path!r} does not exist (or is not a file); check MODEL.WEIGHTS."
+            )
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # detectron2 resets this only on success; a refused file would break the next load.
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        if filename.lower().endswith(PICKLE_SUFFIXES):
+            raise UnsafeCheckpointError(_pickle_refusal(filename))
+        return super()._load_file(filename)  # the rest goes through _torch_load
+
+    def _torch_load(self, f: str) -> Any:
+        loaded = read_checkpoint(f)
+        if not isinstance(loaded, Mapping):
+            raise ValueError(
+                f"Checkpoint {f!r} holds a {type(loaded).__name__}, not a state dict or a "
+                "{'model': state_dict, ...} dict."
+            )
+        return loaded
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Saves ``{save_dir}/{name}.pth`` atomically, then tags it in ``last_checkpoint``."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        _atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode("utf-8")))
+
+    # ------------------------------------------------------------------ resuming
+    def has_checkpoint(self) -> bool:
+        """Whether the save folder holds a checkpoint to resume from.
+
+        Before :meth:`resume_or_load` with ``resume=True``: a checkpoint named by
+        ``last_checkpoint`` or any ``model_*.pth`` exists. After it: it did resume (False when
+        every checkpoint was torn and the run started over), which is what detectron2's
+        ``DefaultTrainer.resume_or_load`` asks to set the start iteration.
+        """
+        if self._resumed is not None:
+            return self._resumed
+        return bool(self._resume_candidates())
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint a resume tries first ("" if none; it may turn out to be torn)."""
+        candidates = self._resume_candidates()
+        return candidates[0] if candidates else ""
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Resumes from the newest intact checkpoint of ``save_dir``, else loads ``path``.
+
+        With ``resume``, the checkpoint named by ``last_checkpoint`` is tried first, then the
+        other ``model_*.pth`` newest first; a torn one (:class:`CorruptCheckpointError`) is
+        skipped with a warning. A refused one (:class:`UnsafeCheckpointError`) stops the run:
+        someone put it there. When none is intact, or without ``resume``, only the model
+        weights are loaded from ``path`` ("": none) and training starts at iteration 0.
+
+        Returns:
+            What :meth:`load` returns.
+        """
+        self.resumed_from = ""
+        if resume:
+            self._resumed = False
+            candidates = self._resume_candidates()
+            for candidate in candidates:
+                try:
+                    checkpoint = self.load(candidate)
+                except CorruptCheckpointError as e:
+                    logger.warning(
+                        "Cannot resume from %s, trying an older checkpoint: %s", candidate, e
+                    )
+                    continue
+                self._resumed = True
+                self.resumed_from = candidate
+                return checkpoint
+            if candidates:
+                logger.warning(
+                    "No intact checkpoint in %s (tried %s): starting over from MODEL.WEIGHTS %r",
+                    self.save_dir,
+                    ", ".join(os.path.basename(c) for c in candidates),
+                    path,
+                )
+        return self.load(path, checkpointables=[])
+
+    def _resume_candidates(self) -> list[str]:
+        """Existing checkpoints to resume from, in order: the one ``last_checkpoint`` names, then
+        ``model_final.pth`` and ``model_<iteration>.pth``, newest first."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        tagged = ""
+        tag_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        if os.path.isfile(tag_file):
+            with open(tag_file, encoding="utf-8", errors="replace") as f:
+                name = f.read().strip()
+            if not name:
+                logger.warning("%s is empty; looking for the newest checkpoint instead", tag_file)
+            elif not os.path.isfile(os.path.join(self.save_dir, name)):
+                logger.warning(
+                    "%s names %r, which does not exist; looking for the newest checkpoint instead",
+                    tag_file,
+                    name,
+                )
+            else:
+                tagged = os.path.join(self.save_dir, name)
+        periodic = []
+        for name in os.listdir(self.save_dir):
+            match = _PERIODIC_NAME.match(name)
+            path = os.path.join(self.save_dir, name)
+            if match and os.path.isfile(path):
+                iteration = float("inf") if match.group(1) == "final" else int(match.group(1))
+                periodic.append((iteration, os.path.getmtime(path), path))
+        newest_first = [path for *_, path in sorted(periodic, reverse=True)]
+        return ([tagged] if tagged else []) + [p for p in newest_first if p != tagged]
