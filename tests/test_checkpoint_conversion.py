@@ -126,6 +126,23 @@ def test_load_checkpoint_refuses_pickled_objects(tmp_path):
         cc.load_checkpoint(str(path))
     with pytest.raises(FileNotFoundError):
         cc.load_checkpoint(str(tmp_path / "missing.pth"))
+    (tmp_path / "old.pkl").write_bytes(b"\x80\x02}q\x00.")
+    with pytest.raises(ValueError, match="pickle"):
+        cc.load_checkpoint(str(tmp_path / "old.pkl"))
+
+
+def test_load_checkpoint_reports_a_truncated_file_and_reads_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"x": torch.ones(2)}}, good)
+    torn = tmp_path / "torn.pth"
+    torn.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        cc.load_checkpoint(str(torn))
+    assert torch.equal(cc.load_checkpoint(str(good))["x"], torch.ones(2))
+    save_file({"y": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(cc.load_checkpoint(str(tmp_path / "w.safetensors"))["y"], torch.zeros(3))
 
 
 # ----------------------------------------------------------------- the tool

@@ -14,6 +14,8 @@ import logging
 import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -221,6 +223,51 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     checkpointer, weight, iteration = _resume(tmp_path)
     assert (weight, iteration) == (1.0, 1)
     assert checkpointer.resumed_from.endswith("model_0000001.pth")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: no process has this pid any more
+    return child.pid
+
+
+@pytest.mark.parametrize("start", ["resume", "save"])
+def test_stale_temporaries_of_killed_saves_are_removed(tmp_path, start):
+    _save_run(tmp_path, [1])
+    dead, live = _dead_pid(), os.getppid()
+    stale = [f".model_0000005.pth.{dead}.tmp", f".last_checkpoint.{os.getpid()}.tmp"]
+    kept = [
+        f".model_0000006.pth.{live}.tmp",  # its writer still runs
+        ".model_0000005.pth.x.tmp",  # not the checkpointer's pattern
+        f"model_0000005.pth.{dead}.tmp",
+        f".notes.txt.{dead}.tmp",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"PK\x03\x04 half a checkpoint")
+
+    other_rank = UniOVSegCheckpointer(nn.Linear(2, 2), str(tmp_path), save_to_disk=False)
+    other_rank.resume_or_load("", resume=True)
+    assert all((tmp_path / name).exists() for name in stale)  # only the saving process cleans
+
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("uniovseg.checkpoint")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        if start == "resume":
+            assert _resume(tmp_path)[1:] == (1.0, 1)
+        else:
+            _save_run(tmp_path, [2])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not any((tmp_path / name).exists() for name in stale)
+    assert all((tmp_path / name).exists() for name in kept)
+    (message,) = [r.getMessage() for r in records if "temporary file" in r.getMessage()]
+    assert all(name in message for name in stale)
 
 
 def test_resume_falls_back_from_a_torn_checkpoint(tmp_path, checkpoint_warnings):

@@ -1,7 +1,10 @@
 """TextClassifier on the tiny random-weight CLIP: prompts, synonyms, temperature, cache, memory."""
 
+import logging
 import math
 import os
+import pathlib
+import pickle
 
 import pytest
 import torch
@@ -232,6 +235,68 @@ def test_disk_cache_round_trip(tmp_path):
         regions, "cat, kitty; dog"
     )
     assert len(os.listdir(tmp_path)) == 2
+
+
+class _Hostile:
+    """Unpickling it creates ``marker``: proof that code ran while reading a cache file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _damage_truncated(path: str, marker: str) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _damage_hostile_torch_save(path: str, marker: str) -> None:
+    torch.save({"embeds": _Hostile(marker), "synonym_to_class": 0, "num_classes": 2}, path)
+
+
+def _damage_hostile_raw_pickle(path: str, marker: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(_Hostile(marker), f, protocol=2)
+
+
+@pytest.mark.parametrize(
+    "damage", [_damage_truncated, _damage_hostile_torch_save, _damage_hostile_raw_pickle]
+)
+def test_damaged_disk_cache_is_ignored_rebuilt_and_replaced(backbone, tmp_path, caplog, damage):
+    cache_dir, marker = tmp_path / "cache", str(tmp_path / "code_ran")
+    regions = _regions(3, backbone.embed_dim)
+    vocabulary = "cat, kitty; dog"
+    writer = TextClassifier(
+        text_encoder=backbone, templates=TWO_TEMPLATES, cache_dir=str(cache_dir)
+    )
+    expected = writer.classify(regions, vocabulary)
+    (name,) = os.listdir(cache_dir)
+    path = str(cache_dir / name)
+    intact = torch.load(path, weights_only=True)
+    damage(path, marker)
+
+    spy = _SpyEncoder(backbone)
+    reader = TextClassifier(text_encoder=spy, templates=TWO_TEMPLATES, cache_dir=str(cache_dir))
+    with caplog.at_level(logging.WARNING, logger="uniovseg.modeling.text_classifier"):
+        torch.testing.assert_close(reader.classify(regions, vocabulary), expected)
+    assert not os.path.exists(marker)  # no code ran
+    assert spy.calls  # recomputed
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and path in warnings[0].getMessage()
+    assert os.listdir(cache_dir) == [name]  # replaced in place, no temporary file left
+    rewritten = torch.load(path, weights_only=True)
+    torch.testing.assert_close(rewritten["embeds"], intact["embeds"])
+    assert torch.equal(rewritten["synonym_to_class"], intact["synonym_to_class"])
+
+    again = _SpyEncoder(backbone)  # the rewritten file is read back without encoding
+    TextClassifier(text_encoder=again, templates=TWO_TEMPLATES, cache_dir=str(cache_dir)).classify(
+        regions, vocabulary
+    )
+    assert again.calls == []
 
 
 # ---------------------------------------------------------------------------- chunking, memory

@@ -70,7 +70,6 @@ def build_config(config_file: str, opts: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the conversion; returns the process exit status (0: layouts match)."""
-    from uniovseg.checkpoint import read_checkpoint
     from uniovseg.modeling import checkpoint_conversion as cc
 
     args = parse_args(argv)
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             found = cc.load_manifest(args.manifest)
             state_dict = None
         else:
-            checkpoint = read_checkpoint(args.input)
-            state_dict = cc.convert_official_state_dict(
-                cc.extract_state_dict(checkpoint, source=repr(args.input))
-            )
+            state_dict = cc.convert_official_state_dict(cc.load_checkpoint(args.input))
             found = cc.shapes_of(state_dict)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,8 @@ is the one checkpointer of uniovseg (training, evaluation, the predictor, benchm
   explicitly so that no environment variable can turn it off, and ``.safetensors`` files;
 - writes each checkpoint and ``last_checkpoint`` to a temporary file in the same folder, then
   renames it over the target (``os.replace``), so a reader sees the old file or the new one;
-- on resume, falls back from a torn checkpoint to the newest intact ``model_*.pth``.
+- on resume, falls back from a torn checkpoint to the newest intact ``model_*.pth``;
+- removes the temporary files that a save killed before its rename left behind.
 
 :func:`read_checkpoint` is its reader, for tools that need the raw file content.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "UniOVSegCheckpointer",
     "UnsafeCheckpointError",
     "read_checkpoint",
+    "remove_stale_temporaries",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pyth")
 LAST_CHECKPOINT = "last_checkpoint"
 # Periodic checkpoints of detectron2's PeriodicCheckpointer: model_0000999.pth, model_final.pth.
 _PERIODIC_NAME = re.compile(r"^model_(\d+|final)\.pth$")
+# Temporary files of _atomic_write for a checkpoint or last_checkpoint: .<name>.<pid>.tmp.
+_TEMPORARY_NAME = re.compile(r"^\.(?:.+\.pth|" + LAST_CHECKPOINT + r")\.(\d+)\.tmp$")
 # The first byte of a pickle of protocol 2 or later (the PROTO opcode).
 _PICKLE_PROTO = b"\x80"
 
@@ -142,13 +146,71 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _temporary_path(path: str) -> str:
+    """The temporary file :func:`_atomic_write` writes ``path`` through (hidden, without the
+    ``.pth`` suffix so it is never taken for a checkpoint, named after the writing process)."""
+    directory = os.path.dirname(path) or "."
+    return os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+
+
+def _process_is_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True when it cannot be told)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists but belongs to another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes the temporary files of saves killed before their rename from ``directory``.
+
+    Only the names :func:`_atomic_write` gives to the temporary file of a checkpoint or of
+    ``last_checkpoint`` (``.model_0000999.pth.<pid>.tmp``, ``.last_checkpoint.<pid>.tmp``) are
+    considered, and only those whose writer is gone: no process with that pid runs on this
+    machine, or the pid is this process's own (it is not saving while it cleans, and a restarted
+    container often reuses the pid of the killed run).
+
+    Returns:
+        The removed paths.
+    """
+    if not directory or not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = _TEMPORARY_NAME.match(name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and _process_is_alive(pid):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # removed meanwhile by another cleaner
+            continue
+        removed.append(path)
+    if removed:
+        logger.info(
+            "Removed %d temporary file(s) left by interrupted checkpoint saves in %s: %s",
+            len(removed),
+            directory,
+            ", ".join(os.path.basename(p) for p in removed),
+        )
+    return removed
+
+
 def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Writes ``path`` through a temporary file in its folder that is renamed over it at the end,
     so ``path`` is always either its old content or the complete new one."""
     directory = os.path.dirname(path) or "."
-    # Hidden and without the .pth suffix: never taken for a checkpoint. Created with the default
-    # permissions (tempfile.mkstemp would make the final checkpoint owner-only).
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    # Created with the default permissions (tempfile.mkstemp would make the final checkpoint
+    # owner-only).
+    temporary = _temporary_path(path)
     try:
         with open(temporary, "wb") as f:
             write(f)
@@ -185,6 +247,8 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
         self.resumed_from = ""
         # None until resume_or_load(resume=True) ran; then whether it resumed (see has_checkpoint).
         self._resumed: bool | None = None
+        # The save folder already rid of stale temporary files ("" if none yet).
+        self._cleaned_dir = ""
 
     # ------------------------------------------------------------------ loading
     def load(self, path: str, *args, **kwargs) -> dict[str, Any]:
@@ -227,6 +291,7 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        self._remove_stale_temporaries()
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
@@ -268,6 +333,7 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
             What :meth:`load` returns.
         """
         self.resumed_from = ""
+        self._remove_stale_temporaries()
         if resume:
             self._resumed = False
             candidates = self._resume_candidates()
@@ -290,6 +356,14 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
                     path,
                 )
         return self.load(path, checkpointables=[])
+
+    def _remove_stale_temporaries(self) -> None:
+        """Once per save folder, on the process that saves (the main one): see
+        :func:`remove_stale_temporaries`."""
+        if not self.save_dir or not self.save_to_disk or self._cleaned_dir == self.save_dir:
+            return
+        remove_stale_temporaries(self.save_dir)
+        self._cleaned_dir = self.save_dir
 
     def _resume_candidates(self) -> list[str]:
         """Existing checkpoints to resume from, in order: the one ``last_checkpoint`` names, then

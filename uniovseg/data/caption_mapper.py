@@ -11,10 +11,11 @@ Entities come from the manifest row (``entity_source="manifest"``, e.g. phrases 
 LLM, used as they are) or from an entity parser run on the refined caption when present, else on
 the caption (``entity_source="parser"``; see :mod:`uniovseg.data.entity_extraction`).
 
-Bad rows never crash training: an unreadable image, or (with ``skip_without_entities``) a
-caption without entities, makes the mapper return ``None``; detectron2's ``MapDataset`` then maps
-another image. Skips are counted per reason and logged at the first one and every
-``skip_log_period`` after that (per data-loader worker).
+Bad rows never crash training: an unreadable image, or (with ``skip_without_entities``) a caption
+without entities, makes the mapper return ``None``; the train loader
+(:func:`uniovseg.data.train_loader.build_resumable_train_loader`) then maps a replacement image, the
+same one for a given index on every run (so a resumed run sees it too). Skips are counted per reason
+and logged at the first one and every ``skip_log_period`` after that (per data-loader worker).
 """
 
 from __future__ import annotations

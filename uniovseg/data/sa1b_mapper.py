@@ -5,12 +5,13 @@ their number, applies large-scale jitter + crop/pad + flip + SSD colour jitter
 (:mod:`uniovseg.data.transforms`), and derives the training prompts: a regular point grid over
 the valid (unpadded) region and the box of every kept mask.
 
-Bad inputs never crash training. A missing, unreadable, corrupt or empty JSON, an unreadable
-image, masks whose size disagrees with the image, or no mask left after filtering make the mapper
-return ``None``; detectron2's map-style ``MapDataset`` (which ``build_detection_train_loader``
-wraps around the dataset before sampling) then maps another, randomly chosen image instead and
-stops proposing the failed index. Skips are counted per reason and logged as one warning at the
-first skip and then every ``skip_log_period`` skips (per data-loader worker).
+Bad inputs never crash training. A missing, unreadable, corrupt or empty JSON, an unreadable image,
+masks whose size disagrees with the image, or no mask left after filtering make the mapper return
+``None``; the train loader (:func:`uniovseg.data.train_loader.build_resumable_train_loader`) then
+maps a replacement image instead, drawn from a generator seeded with the loader seed, the refused
+index and the attempt number, so a resumed run gets the same replacement. Skips are counted per
+reason and logged as one warning at the first skip and then every ``skip_log_period`` skips (per
+data-loader worker).
 
 Images without masks: with ``skip_images_without_masks=True`` (default) an image whose masks are
 all filtered out (or all cropped away) is skipped: it would only add zero loss and waste a batch

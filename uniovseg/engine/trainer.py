@@ -2,13 +2,15 @@
 
 Stage 2 (mask-text alignment) trains on caption batches (``INPUT.DATASET_MAPPER_NAME "caption"``,
 ``DATASETS.TRAIN`` = caption sets). To continue the stage-1 mask losses in the same run,
-``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` names image-mask sets: a second detectron2 train
-loader (SA-1B mapper) is built for them and every iteration gets one caption batch and one
+``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` names image-mask sets: a second train loader
+(SA-1B mapper) is built for them and every iteration gets one caption batch and one
 image-mask batch joined into one list (:class:`JointBatchLoader`); the model computes both losses
 on it in one step. This is the simplest sound combination in detectron2: one optimizer step per
-iteration, both samplers stay detectron2's infinite, rank-aware ``TrainingSampler``, and each
-loss keeps its own batch size; alternating iterations would instead make the learning-rate
-schedule and the logged losses alternate between two objectives.
+iteration, each loader keeps its own infinite, rank-sharded, resumable index stream
+(:class:`~uniovseg.data.samplers.ResumableTrainingSampler` under a
+:class:`~uniovseg.data.samplers.ResumableBatchSampler`, see :mod:`uniovseg.data.train_loader`)
+and each loss keeps its own batch size; alternating iterations would instead make the
+learning-rate schedule and the logged losses alternate between two objectives.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The release's state dict has three parts: ``backbone.clip_model.*`` (the whole o
 ``sem_seg_head.pixel_decoder.*`` and ``sem_seg_head.predictor.*``. Our modules reproduce those
 names and shapes exactly (``tests/test_checkpoint_conversion.py`` proves it against the
 release's manifest of names and shapes), so the conversion is the identity on names; what it
-adds is safe reading, unwrapping, and a strict name/shape check with a readable report.
+adds is safe reading (through :func:`uniovseg.checkpoint.read_checkpoint`, the one checkpoint
+reader), unwrapping, and a strict name/shape check with a readable report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from ..checkpoint import read_checkpoint
 
 __all__ = [
     "KEY_RENAMES",
@@ -128,34 +131,22 @@ def extract_state_dict(
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """Reads a ``torch.save`` checkpoint safely (``weights_only=True``) and unwraps it.
+    """Reads a checkpoint with :func:`uniovseg.checkpoint.read_checkpoint` and unwraps it.
 
     Args:
-        path: The checkpoint file (e.g. the release's ``stage1.pth``).
+        path: The checkpoint file (e.g. the release's ``stage1.pth``), a ``torch.save`` file
+            read with ``weights_only=True`` or a ``.safetensors`` file.
 
     Returns:
         The state dict, on the CPU.
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: The file is corrupt, holds pickled objects other than tensors (refused:
-            unpickling can run arbitrary code), or is not a state dict.
+        ValueError: The file is corrupt (``CorruptCheckpointError``), a pickle or holds pickled
+            objects other than tensors (``UnsafeCheckpointError``: unpickling can run arbitrary
+            code), or is not a state dict.
     """
-    import os
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    # A damaged file fails in the zip reader or the restricted unpickler with many exception
-    # types; all mean the same thing to the user.
-    except Exception as e:
-        raise ValueError(
-            f"Could not read {path!r} with torch.load(weights_only=True): the file is corrupt or "
-            "holds pickled objects other than tensors. Re-save its state dict with "
-            f"torch.save({{'model': model.state_dict()}}, ...). Reader error: {e}"
-        ) from e
-    return extract_state_dict(checkpoint, source=repr(path))
+    return extract_state_dict(read_checkpoint(path), source=repr(path))
 
 
 def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,8 @@ into the same model rebuilds them). Prompts are encoded a bounded number at a ti
 synonyms per batch, so even thousands of classes need memory for one batch of prompt embeddings
 plus the result ``[S, D]`` (S synonyms), never ``[S x templates, D]``. An optional on-disk cache
 keyed by a hash of the text tower's weights skips the encoding across runs (worth it on CPU:
-ADE20K-847 is ~19k prompts).
+ADE20K-847 is ~19k prompts). Its files are read with ``weights_only`` (no code runs) and written
+atomically; a truncated, corrupt or refused file is ignored with a warning and rewritten.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
+from uniovseg.checkpoint import read_checkpoint
 from uniovseg.data.vocabulary import class_synonyms, resolve_vocabulary
 
 __all__ = [
@@ -396,25 +399,30 @@ class TextClassifier:
         return os.path.join(self.cache_dir, f"text_classifier_{digest}.pt")
 
     def _read_disk_cache(self, entries: Sequence[str], model_key: tuple) -> _ClassEmbeddings | None:
+        """The cached embeddings of ``entries``, or None when there is no usable cache file.
+
+        The file is read by :func:`uniovseg.checkpoint.read_checkpoint` (``weights_only``: no
+        code runs). A truncated, corrupt, refused or inconsistent file is ignored with one
+        warning; the caller then rebuilds the embeddings and rewrites the file.
+        """
         if not self.cache_dir:
             return None
         path = self._disk_path(entries, model_key)
         if not os.path.isfile(path):
             return None
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            weights = _ClassEmbeddings(
-                embeds=data["embeds"],
-                synonym_to_class=data["synonym_to_class"],
-                num_classes=int(data["num_classes"]),
+            weights = _parse_disk_cache(read_checkpoint(path), num_classes=len(entries))
+        # read_checkpoint raises ValueError subclasses (UnsafeCheckpointError for pickled
+        # objects, CorruptCheckpointError for damaged bytes) or OSError; a file that reads but
+        # does not hold our three entries raises KeyError/TypeError/ValueError in the parser.
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            reason = (str(error).strip().splitlines() or [""])[0]
+            logger.warning(
+                "Ignoring text-embedding cache %s, rebuilding it (%s: %s)",
+                path,
+                type(error).__name__,
+                reason,
             )
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
-            logger.warning("Ignoring unreadable text-embedding cache %s (%s)", path, error)
-            return None
-        if weights.num_classes != len(entries) or len(weights.embeds) != len(
-            weights.synonym_to_class
-        ):
-            logger.warning("Ignoring inconsistent text-embedding cache %s", path)
             return None
         logger.info("Read text embeddings of %d classes from %s", len(entries), path)
         return weights
@@ -426,16 +434,51 @@ class TextClassifier:
             return
         os.makedirs(self.cache_dir, exist_ok=True)
         path = self._disk_path(entries, model_key)
-        tmp_path = f"{path}.tmp{os.getpid()}"
-        torch.save(
-            {
-                "embeds": weights.embeds.cpu(),
-                "synonym_to_class": weights.synonym_to_class.cpu(),
-                "num_classes": weights.num_classes,
-            },
-            tmp_path,
+        # Same folder (os.replace is atomic only within a file system); pid and thread in the
+        # name so that concurrent writers never share a temporary file.
+        tmp_path = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            torch.save(
+                {
+                    "embeds": weights.embeds.cpu(),
+                    "synonym_to_class": weights.synonym_to_class.cpu(),
+                    "num_classes": weights.num_classes,
+                },
+                tmp_path,
+            )
+            os.replace(tmp_path, path)  # atomic: readers see the old file or the new one
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
+
+
+def _parse_disk_cache(data: object, *, num_classes: int) -> _ClassEmbeddings:
+    """Checks what an on-disk cache file held and wraps it.
+
+    Raises:
+        KeyError, TypeError, ValueError: not the ``{"embeds": [S, D] float tensor,
+            "synonym_to_class": [S] long tensor, "num_classes": int}`` written for
+            ``num_classes`` classes.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"holds a {type(data).__name__}, not a dict")
+    embeds, owners = data["embeds"], data["synonym_to_class"]
+    if not torch.is_tensor(embeds) or not torch.is_tensor(owners):
+        raise TypeError("embeds and synonym_to_class are not tensors")
+    if (
+        embeds.dim() != 2
+        or not embeds.is_floating_point()
+        or owners.dim() != 1
+        or owners.dtype != torch.long
+        or len(embeds) != len(owners)
+        or int(data["num_classes"]) != num_classes
+    ):
+        raise ValueError(
+            f"inconsistent content (embeds {tuple(embeds.shape)}, synonym_to_class "
+            f"{tuple(owners.shape)}, num_classes {data['num_classes']}; expected {num_classes})"
         )
-        os.replace(tmp_path, path)  # atomic: concurrent readers never see a partial file
+    return _ClassEmbeddings(embeds=embeds, synonym_to_class=owners, num_classes=num_classes)
 
 
 def _text_parameters(encoder) -> list[tuple[str, torch.Tensor]]:
