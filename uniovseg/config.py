@@ -371,6 +371,20 @@ def _add_alignment_config(cfg: CN) -> None:
     al.MIN_SIMILARITY = -1.0
     # Weight of the alignment loss (Eq. 8; release: 1).
     al.LOSS_WEIGHT = 1.0
+    # Beyond the paper: weight of an InfoNCE term that also pushes each matched region away from
+    # the batch's other entity phrases (alignment.py explains the collapse it prevents); 0 = the
+    # paper's Eq. 8 alone. Its temperature: <= 0 uses CLIP's learned one (clamped at 100).
+    al.CONTRASTIVE_WEIGHT = 0.0
+    al.CONTRASTIVE_LOGIT_SCALE = 0.0
+    # A held-out signal during stage 2 (uniovseg/engine/alignment_monitor.py): every PERIOD
+    # iterations, the ground-truth segments of the first NUM_IMAGES images of DATASET (a
+    # registered panoptic or semantic dataset) are classified with adapted and raw region
+    # embeddings; accuracies and the embeddings' spread go to metrics.json / TensorBoard as
+    # align_val/*. Empty DATASET: off.
+    al.MONITOR = CN()
+    al.MONITOR.DATASET = ""
+    al.MONITOR.NUM_IMAGES = 16
+    al.MONITOR.PERIOD = 50
     # Entity text embeddings kept in an LRU cache (phrases); 0 disables it. The prompt templates
     # are MODEL.UNIOVSEG.OPEN_VOCAB.TEMPLATES, as for class names at inference.
     al.TEXT_CACHE_SIZE = 20000

@@ -28,6 +28,7 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.defaults import create_ddp_model
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -35,6 +36,7 @@ from detectron2.utils.logger import setup_logger
 from uniovseg.checkpoint import UniOVSegCheckpointer
 from uniovseg.data.test_image_mapper import TestImageMapper
 from uniovseg.data.train_loader import build_resumable_train_loader
+from uniovseg.engine.alignment_monitor import AlignmentMonitor
 from uniovseg.engine.optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -198,6 +200,19 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         for sampler in getattr(self._trainer.data_loader, "resumable_samplers", []):
             sampler.skip_batches(self.start_iter)
+
+    def build_hooks(self):
+        """detectron2's hooks, plus the stage-2 alignment monitor when
+        ``MODEL.UNIOVSEG.ALIGNMENT.MONITOR.DATASET`` names a dataset. It goes before the writers
+        (the last hooks), so that its scalars are written in the same iteration."""
+        hooks = super().build_hooks()
+        alignment = self.cfg.MODEL.UNIOVSEG.ALIGNMENT
+        if alignment.ENABLED and alignment.MONITOR.DATASET:
+            writer_index = next(
+                (i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), len(hooks)
+            )
+            hooks.insert(writer_index, AlignmentMonitor(self.cfg))
+        return hooks
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -30,6 +30,15 @@ distance.
 **Confidence threshold.** Pairs whose scale-averaged cosine similarity is below
 ``min_similarity`` are dropped after matching (cosine is comparable across images and captions,
 unlike the row-normalised cost); ``-1`` keeps every pair.
+
+**Contrastive term (beyond the paper, off by default).** Eq. 8 only pulls each matched region
+towards its entity; nothing keeps regions of different entities apart. When the CLIP's entity
+embeddings are close to each other (a weak or small CLIP), the adapter can lower Eq. 8 for every
+pair at once by moving *all* regions towards the entities' common direction, and the classifier
+then names every mask with the one class nearest to that direction (measured on the synthetic
+world: see the README's stage-2 section). ``contrastive_weight > 0`` adds an InfoNCE term over
+the batch: each matched region must be closer to its own entity than to every other entity
+phrase of the batch (cross-entropy over ``logit_scale x cos``). ``0`` is the paper's loss.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ __all__ = [
     "MaskTextMatcher",
     "alignment_cost",
     "alignment_loss",
+    "contrastive_alignment_loss",
     "match_regions_to_entities",
 ]
 
@@ -181,6 +191,39 @@ def alignment_loss(region_embeds: torch.Tensor, entity_embeds: torch.Tensor) -> 
     return 1.0 - F.cosine_similarity(region_embeds, entity_embeds.to(region_embeds.dtype), dim=-1)
 
 
+def contrastive_alignment_loss(
+    region_embeds: torch.Tensor,
+    entity_table: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    logit_scale: float | torch.Tensor,
+) -> torch.Tensor:
+    """InfoNCE of matched regions against a batch's entity phrases (see the module doc).
+
+    Args:
+        region_embeds: [M, D] (adapted) region embeddings of the matched masks.
+        entity_table: [U, D] text embeddings of the batch's distinct entity phrases.
+        targets: int64 [M], each region's entity row in ``entity_table``.
+        logit_scale: Temperature multiplying the cosine similarities (e.g. CLIP's).
+
+    Returns:
+        [M] cross-entropy losses; with a single phrase in the batch there is no negative and the
+        loss is an exact 0 (still connected to ``region_embeds``).
+    """
+    if (
+        region_embeds.shape[0] != targets.shape[0]
+        or region_embeds.shape[-1] != entity_table.shape[-1]
+    ):
+        raise ValueError(
+            f"contrastive_alignment_loss: regions {tuple(region_embeds.shape)}, entity table "
+            f"{tuple(entity_table.shape)} and targets {tuple(targets.shape)} do not fit"
+        )
+    logits = logit_scale * (
+        F.normalize(region_embeds, dim=-1) @ F.normalize(entity_table.to(region_embeds), dim=-1).t()
+    )
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
 class MaskTextMatcher:
     """Eq. 6-7 cost + Hungarian matching + confidence threshold, from config."""
 
@@ -251,6 +294,8 @@ class MaskTextAligner:
         ensemble_sizes: Sequence[int] = (),
         max_masks: int = 100,
         loss_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        contrastive_logit_scale: float = 0.0,
     ) -> None:
         """
         Args:
@@ -261,18 +306,25 @@ class MaskTextAligner:
                 training input size (no ensemble).
             max_masks: At most this many masks per image (highest predicted IoU); 0 = all.
             loss_weight: Weight of Eq. 8's loss (release: 1).
+            contrastive_weight: Weight of the contrastive term (beyond the paper; 0 = off).
+            contrastive_logit_scale: Its temperature; ``<= 0`` uses CLIP's learned one.
         """
-        if max_masks < 0 or loss_weight < 0:
+        if max_masks < 0 or loss_weight < 0 or contrastive_weight < 0:
             raise ValueError(
-                f"ALIGNMENT.MASKS.MAX_MASKS and ALIGNMENT.LOSS_WEIGHT must be >= 0, got "
-                f"{max_masks}, {loss_weight}"
+                "ALIGNMENT.MASKS.MAX_MASKS, ALIGNMENT.LOSS_WEIGHT and "
+                f"ALIGNMENT.CONTRASTIVE_WEIGHT must be >= 0, got {max_masks}, {loss_weight}, "
+                f"{contrastive_weight}"
             )
+        if loss_weight == 0 and contrastive_weight == 0:
+            raise ValueError("ALIGNMENT.LOSS_WEIGHT and ALIGNMENT.CONTRASTIVE_WEIGHT are both 0")
         self.matcher = matcher
         self.entity_embedder = entity_embedder
         self.mask_generator = mask_generator
         self.ensemble_sizes = tuple(int(s) for s in ensemble_sizes)
         self.max_masks = int(max_masks)
         self.loss_weight = float(loss_weight)
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_logit_scale = float(contrastive_logit_scale)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -294,6 +346,8 @@ class MaskTextAligner:
             "ensemble_sizes": tuple(a.ENSEMBLE_SIZES),
             "max_masks": a.MASKS.MAX_MASKS,
             "loss_weight": a.LOSS_WEIGHT,
+            "contrastive_weight": a.CONTRASTIVE_WEIGHT,
+            "contrastive_logit_scale": a.CONTRASTIVE_LOGIT_SCALE,
         }
 
     @torch.no_grad()
@@ -357,7 +411,9 @@ class MaskTextAligner:
 
         Returns:
             ``{"loss_align": scalar}``: ``loss_weight`` x the mean of Eq. 8 over the batch's
-            matched pairs; an exact 0 connected to the adapter when there is no pair.
+            matched pairs; an exact 0 connected to the adapter when there is no pair. With a
+            contrastive weight, also ``"loss_align_contrastive"``: its weight x the mean of
+            :func:`contrastive_alignment_loss` over the same pairs.
         """
         input_size = tuple(images.shape[-2:])
         masks = self.generate_masks(
@@ -374,7 +430,8 @@ class MaskTextAligner:
             if has_work
             else []
         )
-        losses, num_pairs = [], 0
+        phrase_rows = {e: i for i, e in enumerate(entity_table)}
+        losses, adapted_all, targets_all, num_pairs = [], [], [], 0
         for b, (masks_b, ents_b) in enumerate(zip(masks, entities, strict=True)):
             if len(masks_b) == 0 or len(ents_b) == 0:
                 continue
@@ -397,13 +454,29 @@ class MaskTextAligner:
                 adapter_features={n: f[b : b + 1] for n, f in adapter_inputs.items()},
             )[0]
             losses.append(alignment_loss(adapted, text[match.entity_indices]))
+            adapted_all.append(adapted)
+            targets_all.extend(phrase_rows[ents_b[k]] for k in match.entity_indices.tolist())
             num_pairs += len(match)
         _log_stats(masks, entities, num_pairs)
         if not losses:
             # No pair in the batch: an exact zero that still reaches every adapter parameter,
             # so DDP's gradient all-reduce stays in step across processes.
-            return {"loss_align": sum(p.sum() * 0.0 for p in adapter.parameters())}
-        return {"loss_align": self.loss_weight * torch.cat(losses).mean()}
+            zero = sum(p.sum() * 0.0 for p in adapter.parameters())
+            out = {"loss_align": zero}
+            if self.contrastive_weight:
+                out["loss_align_contrastive"] = zero
+            return out
+        out = {"loss_align": self.loss_weight * torch.cat(losses).mean()}
+        if self.contrastive_weight:
+            scale = self.contrastive_logit_scale
+            contrastive = contrastive_alignment_loss(
+                torch.cat(adapted_all),
+                torch.stack(list(entity_table.values())),
+                torch.as_tensor(targets_all, dtype=torch.long, device=adapted_all[0].device),
+                logit_scale=scale if scale > 0 else backbone.logit_scale,
+            )
+            out["loss_align_contrastive"] = self.contrastive_weight * contrastive.mean()
+        return out
 
 
 def _log_stats(masks: list[torch.Tensor], entities: Sequence[Sequence[str]], pairs: int) -> None:
