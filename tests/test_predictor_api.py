@@ -353,12 +353,10 @@ def test_automatic_generator_returns_sam_records(ready, labelled, image):
 def test_automatic_generator_thresholds_and_unsupported_sam_options(ready, image):
     strict = AutomaticMaskGenerator(ready, points_per_side=4, pred_iou_thresh=1.01)
     assert strict.generate(image) == []
-    with pytest.raises(ValueError, match="crop"):
-        AutomaticMaskGenerator(ready, crop_n_layers=1)
     with pytest.raises(ValueError, match="point_grids"):
         AutomaticMaskGenerator(ready, point_grids=[np.zeros((4, 2))])
     with pytest.raises(ValueError, match="output_mode"):
-        AutomaticMaskGenerator(ready, output_mode="uncompressed_rle")
+        AutomaticMaskGenerator(ready, output_mode="polygons")
 
 
 # --------------------------------------------------------------------- building, imports

@@ -26,7 +26,7 @@ import logging
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -44,7 +44,14 @@ from ..modeling.mask_postprocessing import (
 from ..modeling.open_vocab_postprocessing import resize_mask_logits
 from .point_grid import build_point_grid
 
-__all__ = ["AutomaticMaskGenerationEngine", "AutomaticMaskResult", "PredictFn", "to_sam_records"]
+__all__ = [
+    "AutomaticMaskGenerationEngine",
+    "AutomaticMaskResult",
+    "PredictFn",
+    "SAM_OUTPUT_MODES",
+    "to_sam_records",
+    "uncompressed_rle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,11 @@ class AutomaticMaskResult:
             (before the small-region clean-up), when ``generate(return_mask_probs=True)``: the
             soft masks of semantic/panoptic assembly, computed here once instead of resizing
             the low-res logits a second time. None otherwise.
+        crop_boxes: int64 [K, 4], for masks found in image crops (``AutomaticMaskGenerator``'s
+            ``crop_n_layers``): the XYXY box of the crop, in original pixels, that each mask
+            came from; ``point_coords``, ``boxes`` and ``masks`` are then in the whole
+            image's frame, while ``mask_logits_lowres`` and ``point_indices`` stay in the
+            crop's input frame and point grid. None: every mask came from the whole image.
     """
 
     masks: torch.Tensor
@@ -89,9 +101,19 @@ class AutomaticMaskResult:
     granularity_indices: torch.Tensor
     original_size: tuple[int, int]
     mask_probs: torch.Tensor | None = None
+    crop_boxes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
+
+    def select(self, keep: torch.Tensor) -> AutomaticMaskResult:
+        """The masks ``keep`` (bool [K] or int64 indices, in the order given) of this result."""
+        per_mask = {
+            f.name: getattr(self, f.name)[keep]
+            for f in fields(self)
+            if f.name != "original_size" and getattr(self, f.name) is not None
+        }
+        return replace(self, **per_mask)
 
 
 class AutomaticMaskGenerationEngine:
@@ -525,31 +547,45 @@ def _check_predictions(
         )
 
 
+SAM_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
 def to_sam_records(result: AutomaticMaskResult, output_mode: str = "binary_mask") -> list[dict]:
     """Converts a result into SAM / SA-1B style per-mask records.
 
     Args:
-        result: The output of :meth:`AutomaticMaskGenerationEngine.generate`.
-        output_mode: ``"binary_mask"`` (``segmentation`` is a bool numpy array [H0, W0]) or
-            ``"coco_rle"`` (a compressed COCO RLE dict with ``str`` counts, JSON-ready).
+        result: The output of :meth:`AutomaticMaskGenerationEngine.generate` (or of
+            ``AutomaticMaskGenerator.generate_result``, crops included).
+        output_mode: ``"binary_mask"`` (``segmentation`` is a bool numpy array [H0, W0]),
+            ``"uncompressed_rle"`` (``{"size": [H0, W0], "counts": [int, ...]}``: run lengths
+            of the column-major (Fortran-order) flattened mask, starting with a run of zeros,
+            which is 0 when the first pixel is set; pycocotools' ``frPyObjects`` reads it) or
+            ``"coco_rle"`` (a compressed COCO RLE dict with ``str`` counts). Both RLEs are
+            JSON-ready.
 
     Returns:
-        One dict per mask, by decreasing predicted IoU, with keys ``segmentation``, ``area``
+        One dict per mask, in the result's order, with keys ``segmentation``, ``area``
         (int pixels), ``bbox`` (XYWH ints, original pixels), ``predicted_iou`` (float),
         ``point_coords`` (``[[x, y]]``, original pixels), ``stability_score`` (float) and
-        ``crop_box`` (``[0, 0, W0, H0]``: the whole image, no crops are used).
+        ``crop_box`` (XYWH ints, original pixels: the image crop the mask was found in;
+        ``[0, 0, W0, H0]`` for the whole image).
     """
-    if output_mode not in ("binary_mask", "coco_rle"):
-        raise ValueError(f"output_mode must be 'binary_mask' or 'coco_rle', got {output_mode!r}")
+    if output_mode not in SAM_OUTPUT_MODES:
+        raise ValueError(f"output_mode must be one of {SAM_OUTPUT_MODES}, got {output_mode!r}")
     masks = result.masks.cpu().numpy()
     if output_mode == "coco_rle":
         segmentations = encode_masks_rle(masks)
+    elif output_mode == "uncompressed_rle":
+        segmentations = [uncompressed_rle(mask) for mask in masks]
     else:
         segmentations = list(masks)
     areas = masks.sum(axis=(1, 2))
-    boxes = result.boxes.cpu().round().long()
-    boxes_xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    boxes_xywh = _xyxy_to_xywh(result.boxes.cpu().round().long())
     height, width = result.original_size
+    if result.crop_boxes is None:
+        crop_boxes = [[0, 0, int(width), int(height)]] * len(segmentations)
+    else:
+        crop_boxes = _xyxy_to_xywh(result.crop_boxes.cpu().long())
     records = []
     for i, segmentation in enumerate(segmentations):
         records.append(
@@ -560,7 +596,28 @@ def to_sam_records(result: AutomaticMaskResult, output_mode: str = "binary_mask"
                 "predicted_iou": float(result.iou_scores[i]),
                 "point_coords": [[float(v) for v in result.point_coords[i].tolist()]],
                 "stability_score": float(result.stability_scores[i]),
-                "crop_box": [0, 0, int(width), int(height)],
+                "crop_box": list(crop_boxes[i]),
             }
         )
     return records
+
+
+def _xyxy_to_xywh(boxes: torch.Tensor) -> list[list[int]]:
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """A bool [H, W] mask as an uncompressed COCO RLE (what SAM's ``"uncompressed_rle"`` gives).
+
+    Returns:
+        ``{"size": [H, W], "counts": [int, ...]}``: alternating run lengths of 0s and 1s over
+        the mask flattened in column-major order, starting with 0s (a first count of 0 when
+        pixel (0, 0) is set); the counts sum to H * W.
+    """
+    height, width = mask.shape
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], starts, [flat.size]])).tolist()
+    if flat[0]:
+        counts.insert(0, 0)
+    return {"size": [int(height), int(width)], "counts": counts}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["build_point_grid"]
+__all__ = ["build_point_grid", "layer_points_per_side"]
 
 
 def build_point_grid(points_per_side: int, image_size: tuple[int, int]) -> torch.Tensor:
@@ -41,3 +41,25 @@ def build_point_grid(points_per_side: int, image_size: tuple[int, int]) -> torch
     centres = (torch.arange(points_per_side, dtype=torch.float64) + 0.5) / points_per_side
     ys, xs = torch.meshgrid(centres * height, centres * width, indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).to(torch.float32)
+
+
+def layer_points_per_side(points_per_side: int, layer: int, downscale_factor: int) -> int:
+    """Points per side of the grid of crop layer ``layer`` (0: the whole image).
+
+    Layer ``i`` uses ``points_per_side / downscale_factor**i`` points per side, rounded down
+    (segment-anything's ``crop_n_points_downscale_factor``): its crops are smaller, so a
+    sparser grid gives about the same point density in image pixels.
+
+    Args:
+        points_per_side: Points per side of layer 0, >= 1.
+        layer: Crop layer index, >= 0.
+        downscale_factor: Integer >= 1.
+
+    Returns:
+        An int >= 0; 0 means the layer's grid would be empty (callers refuse such settings).
+    """
+    if layer < 0 or downscale_factor < 1:
+        raise ValueError(
+            f"layer must be >= 0 and downscale_factor >= 1, got {layer} and {downscale_factor}"
+        )
+    return int(points_per_side) // int(downscale_factor) ** int(layer)
