@@ -14,8 +14,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="validation", choices=["validation", "training"])
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing PNGs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
 
     from uniovseg.data.datasets.benchmarks import default_datasets_root
     from uniovseg.data.datasets.conversion.ade20k import prepare_ade20k_panoptic

@@ -13,8 +13,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels-59-file", help="59 class names (default: VOC2010/59_labels.txt)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
 
     from uniovseg.data.datasets.benchmarks import default_datasets_root
     from uniovseg.data.datasets.conversion.pascal import prepare_pascal_context

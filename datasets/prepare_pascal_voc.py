@@ -11,8 +11,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="ImageSets/Segmentation/<split>.txt")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
 
     from uniovseg.data.datasets.benchmarks import default_datasets_root
     from uniovseg.data.datasets.conversion.pascal import prepare_pascal_voc

@@ -6,17 +6,20 @@ Usage:
     python datasets/prepare_sa1b.py --root /readonly/sa1b --index-file /scratch/sa1b_index.txt
 
 Every image/annotation pair is checked (the JSON parses, lists masks whose RLE size is the
-image's); what is left out is summarised per reason. Then register subsets with
-``uniovseg.data.datasets.sa1b.register_sa1b`` (pass the same ``index_file`` when it is not the
-default ``<root>/uniovseg_sa1b_index.txt``).
+image's); what is left out is summarised per reason. Training reads the index through the
+``sa1b_train`` dataset: ``DATASETS.UNIOVSEG.SA1B_ROOT`` (default ``$DETECTRON2_DATASETS/sa1b``)
+and, when it is not the default ``<root>/uniovseg_sa1b_index.txt``,
+``DATASETS.UNIOVSEG.SA1B_INDEX_FILE``; other subsets register with
+``uniovseg.data.datasets.sa1b.register_sa1b``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
+
+from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only pair the files, without reading the JSON files (faster, unchecked)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
 
     from uniovseg.data.datasets.sa1b import scan_sa1b, write_sa1b_index
 

@@ -10,10 +10,10 @@ by ``uniovseg.data.datasets`` from ``$UNIOVSEG_SYNTHETIC_ROOT`` (default ./datas
 """
 
 import argparse
-import logging
 import os
 
 from uniovseg.data.synthetic import SplitCounts, generate_synthetic_world, load_world
+from uniovseg.logs import setup_logging
 
 
 def main(argv=None) -> None:
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
     world = load_world(args.world)
     counts = SplitCounts(args.num_sa1b, args.num_captions, args.num_eval, args.num_pretrain)

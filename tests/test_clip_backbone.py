@@ -412,7 +412,7 @@ def test_failed_tag_download_suggests_a_local_path(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(open_clip_pretrained, "download_pretrained", offline)
-    with pytest.raises(RuntimeError, match="local path"):
+    with pytest.raises(ValueError, match="local path"):
         load_open_clip("convnext_large_d_320", "laion2b_s29b_b131k_ft_soup")
 
 

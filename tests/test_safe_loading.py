@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from detectron2.engine import default_argument_parser
 from PIL import Image
 from torch import nn
 
@@ -386,15 +385,23 @@ def train_set(tmp_path_factory):
 
 
 def _train_net_args(output: Path, *flags: str, opts: tuple[str, ...] = (), config=TINY_CONFIG):
+    from uniovseg.engine.train_cli import build_parser
+
     argv = [*flags, "--config-file", str(config), "OUTPUT_DIR", str(output)]
     argv += ["DATASETS.TRAIN", f"('{TRAIN_SET}',)", "SOLVER.IMS_PER_BATCH", "1"]
+    if "--eval-only" in flags:  # a registered test set; the refusals come before it is read
+        argv += ["DATASETS.TEST", "('ade20k_150_sem_seg_val',)"]
     argv += [str(opt) for opt in opts]
-    return default_argument_parser().parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 @pytest.fixture(scope="module")
 def train_net():
-    return _load_module("uniovseg_train_net_safe_loading", ROOT / "train_net.py")
+    """train_net.py's per-process steps (it wraps uniovseg.engine.train_cli)."""
+    from uniovseg.engine import train_cli
+    from uniovseg.engine.trainer import Trainer
+
+    return types.SimpleNamespace(setup=train_cli.setup, main=train_cli.run, Trainer=Trainer)
 
 
 def test_train_net_refuses_hostile_configs(hostile, tmp_path, train_net):

@@ -22,7 +22,6 @@ the markdown at the end.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from uniovseg.benchmarking.suite import (  # noqa: E402
     plan_items,
     run_suite,
 )
+from uniovseg.logs import setup_logging  # noqa: E402
 
 PAPER_CONFIG = "configs/stage2/uniovseg_convnext_large_stage2.yaml"
 TINY_CONFIG = "configs/tiny/stage2_tiny.yaml"
@@ -167,7 +167,7 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    setup_logging()
     settings = settings_from_args(args)
     if args.list:
         for item in plan_items(settings):

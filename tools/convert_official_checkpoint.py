@@ -20,6 +20,8 @@ import argparse
 import logging
 import sys
 
+from uniovseg.logs import setup_logging
+
 logger = logging.getLogger("convert_official_checkpoint")
 
 
@@ -113,5 +115,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.exit(main())

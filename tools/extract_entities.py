@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from uniovseg.data.entity_extraction import (
@@ -28,6 +27,7 @@ from uniovseg.data.entity_extraction import (
     check_manifest_paths,
     write_manifest_entities,
 )
+from uniovseg.logs import setup_logging
 
 _SUMMARY_KEYS = (
     "parsed",
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--overwrite", action="store_true", help="re-parse rows that already have entities"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         check_manifest_paths(args.manifest, args.output)  # before a parser is loaded
         entity_parser = build_entity_parser(

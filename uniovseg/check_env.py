@@ -1,4 +1,4 @@
-"""Environment check: ``python -m uniovseg.check_env [--build-model]``.
+"""Environment check: ``uniovseg-check-env [--build-model]`` (or ``python -m uniovseg.check_env``).
 
 Reports the versions of everything uniovseg depends on, whether a GPU is visible, and which
 deformable-attention kernels are compiled. With ``--build-model`` it also builds the model stack
@@ -17,6 +17,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+
+# The config --build-model uses by default: packaged, so the check works from any folder.
+DEFAULT_CONFIG = "tiny/stage1_tiny.yaml"
 
 
 def _distribution_version(name: str) -> str:
@@ -106,11 +109,17 @@ def _timed(label: str, function: Callable[[], object]) -> object:
 
 
 def build_model_report(config_file: str, opts: list[str], image_size: int) -> None:
-    """Builds the model from `config_file` (+ overrides) and runs one forward pass."""
+    """Builds the model from `config_file` (+ overrides) and runs one forward pass.
+
+    Args:
+        config_file: A config path, or the name of a packaged config (``"tiny/stage1_tiny.yaml"``).
+    """
     import torch
 
     from uniovseg.model_check import build_and_run
+    from uniovseg.model_zoo import resolve_config_file
 
+    config_file = resolve_config_file(config_file)
     print(f"Building the model stack from {config_file} (random weights)")
     torch.manual_seed(0)
     summary = _timed(
@@ -127,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--config-file",
-        default="configs/tiny/stage1_tiny.yaml",
-        help="config used by --build-model (default: the tiny CPU config)",
+        default=DEFAULT_CONFIG,
+        help="config used by --build-model: a path or a packaged config name (default: "
+        f"{DEFAULT_CONFIG}, the tiny CPU config)",
     )
     parser.add_argument("--image-size", type=int, default=128, help="side of the test image")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -144,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: missing or broken: {', '.join(failed)}; run `bash scripts/setup.sh`")
         return 1
     if args.build_model:
-        build_model_report(args.config_file, args.opts, args.image_size)
+        try:
+            build_model_report(args.config_file, args.opts, args.image_size)
+        except FileNotFoundError as error:  # an unknown config: the message lists the packaged ones
+            print(f"ERROR: {error}")
+            return 2
     print("OK")
     return 0
 

@@ -15,7 +15,8 @@ is the one checkpointer of uniovseg (training, evaluation, the predictor, benchm
 - on resume, falls back from a torn checkpoint to the newest intact ``model_*.pth``;
 - removes the temporary files that a save killed before its rename left behind.
 
-:func:`read_checkpoint` is its reader, for tools that need the raw file content.
+:func:`read_checkpoint` is its reader, for tools that need the raw file content;
+:func:`read_checkpoint_shapes` lists the weights a checkpoint holds without reading them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "UniOVSegCheckpointer",
     "UnsafeCheckpointError",
     "read_checkpoint",
+    "read_checkpoint_shapes",
     "remove_stale_temporaries",
 ]
 
@@ -106,9 +108,60 @@ def read_checkpoint(path: str) -> Any:
                 f"Could not read checkpoint {path!r}: the .safetensors file is truncated or "
                 f"corrupt ({_first_line(e)})."
             ) from e
+    return _load_torch_file(path)
+
+
+def read_checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """The parameter names and shapes of the model weights in a checkpoint, read cheaply.
+
+    Only the file's index is read: ``.safetensors`` headers, or a ``torch.save`` file memory-mapped
+    (``torch.load(mmap=True, weights_only=True)``), so a 1.4 GB checkpoint costs milliseconds.
+    Files in torch's legacy (pre-zip) format are read in full.
+
+    Args:
+        path: A local checkpoint, as for :func:`read_checkpoint`: a state dict or detectron2's
+            ``{"model": state_dict, ...}``. A ``module.`` prefix on every key (DDP) is removed,
+            as detectron2's checkpointer does when loading.
+
+    Returns:
+        Name -> shape of every tensor of the model state dict (non-tensor entries are left out).
+
+    Raises:
+        FileNotFoundError, UnsafeCheckpointError, CorruptCheckpointError: see
+            :func:`read_checkpoint`.
+    """
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeCheckpointError(_pickle_refusal(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                state = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # as in read_checkpoint: many exception types, one meaning
+            raise CorruptCheckpointError(
+                f"Could not read checkpoint {path!r}: the .safetensors file is truncated or "
+                f"corrupt ({_first_line(e)})."
+            ) from e
+    else:
+        loaded = _load_torch_file(path, mmap=zipfile.is_zipfile(path))  # mmap needs the zip format
+        if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
+            loaded = loaded["model"]
+        if not isinstance(loaded, Mapping):
+            return {}
+        state = {k: tuple(v.shape) for k, v in loaded.items() if torch.is_tensor(v)}
+    if state and all(str(k).startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _load_torch_file(path: str, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with its failures sorted into refused and corrupt."""
     try:
         # weights_only=True explicitly: the default can be flipped by an environment variable.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if _is_pickled_data(path):
             raise UnsafeCheckpointError(

@@ -1,8 +1,9 @@
 """Config keys of uniovseg, added to a detectron2 config by :func:`add_uniovseg_config`.
 
-Every key lives under ``MODEL.UNIOVSEG.*`` (model) or ``INPUT.UNIOVSEG.*`` / ``SOLVER.*`` where
-detectron2 already has a home for it. Each key carries a comment saying what it does; YAML files
-under ``configs/`` override them with ``_BASE_`` inheritance.
+Every key lives under ``MODEL.UNIOVSEG.*`` (model), ``DATASETS.UNIOVSEG.*`` (training-data
+paths) or ``INPUT.UNIOVSEG.*`` / ``SOLVER.*`` where detectron2 already has a home for it. Each
+key carries a comment saying what it does; YAML files under ``configs/`` override them with
+``_BASE_`` inheritance.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_stage1_model_config(cfg)
     _add_inference_config(cfg)
     _add_meta_arch_config(cfg)
+    _add_dataset_paths_config(cfg)
     _add_open_vocab_config(cfg)
     _add_alignment_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
@@ -296,6 +298,31 @@ def _add_meta_arch_config(cfg: CN) -> None:
     # DistributedDataParallel(find_unused_parameters=...): a batch without box prompts leaves the
     # single-mask token's heads without gradient; True tolerates that at a small cost.
     cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = True
+
+
+def _add_dataset_paths_config(cfg: CN) -> None:
+    """Where the training sets ``sa1b_train`` and ``captions_train`` are read from (see
+    uniovseg/data/datasets/training.py). Empty paths default to ``$DETECTRON2_DATASETS/...``
+    (``./datasets`` when the variable is unset); a run saves the resolved paths in its
+    config.yaml.
+    """
+    d = cfg.DATASETS.UNIOVSEG = CN()
+    # Folder of the untarred SA-1B files; "" = $DETECTRON2_DATASETS/sa1b. Index it once with
+    # `python datasets/prepare_sa1b.py --root DIR`.
+    d.SA1B_ROOT = ""
+    # The index that prepare_sa1b.py wrote; "" = <SA1B_ROOT>/uniovseg_sa1b_index.txt (pass
+    # --index-file to prepare_sa1b.py and this key when the root is read-only).
+    d.SA1B_INDEX_FILE = ""
+    # Fraction of the indexed images trained on, a subset fixed by SA1B_SEED (the paper: 0.3 of
+    # the full SA-1B; 1.0 uses everything indexed, e.g. when only part of it was downloaded).
+    d.SA1B_FRACTION = 1.0
+    d.SA1B_SEED = 0
+    # JSON-lines image-caption manifest (uniovseg/data/datasets/captions.py); "" =
+    # $DETECTRON2_DATASETS/captions/captions_entities.jsonl, as written by
+    # `python tools/extract_entities.py --manifest captions.jsonl --output FILE`.
+    d.CAPTION_MANIFEST = ""
+    # Folder that the manifest's relative image paths start from; "" = the manifest's folder.
+    d.CAPTION_IMAGE_ROOT = ""
 
 
 def _add_open_vocab_config(cfg: CN) -> None:

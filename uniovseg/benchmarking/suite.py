@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..logs import setup_logging
 from .items import ItemSpec, SuiteSettings, build_config, run_item
 from .report import environment_info, write_report
 
@@ -255,7 +256,7 @@ def worker_main(argv: list[str]) -> int:
     """Runs the item of ``argv = [SPEC.json, RESULT.json]`` (written by the parent process)."""
     if len(argv) != 2:
         raise SystemExit("usage: python -m uniovseg.benchmarking.worker SPEC.json RESULT.json")
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    setup_logging()
     _exit_with_parent()
     payload = json.loads(Path(argv[0]).read_text())
     spec = ItemSpec(**payload["spec"])

@@ -16,6 +16,7 @@ learning-rate schedule and the logged losses alternate between two objectives.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -137,7 +138,14 @@ def build_test_mapper(cfg, dataset_name: str):
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     """Evaluators by the dataset's ``evaluator_type``: sem_seg (mIoU), coco_panoptic_seg (PQ),
-    promptable (1-point / 1-box IoU)."""
+    promptable (1-point / 1-box IoU).
+
+    Their files (semantic predictions, panoptic predictions.json) go to ``output_folder``,
+    default ``OUTPUT_DIR/inference/<dataset>`` (without one, detectron2's panoptic evaluator
+    writes to a temporary folder that it deletes).
+    """
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     evaluators = []
     if evaluator_type == "sem_seg":

@@ -145,7 +145,9 @@ class UniOVSegPredictor:
 
     Example::
 
-        predictor = UniOVSegPredictor.from_config("configs/stage2/...yaml", weights="model.pth")
+        predictor = UniOVSegPredictor.from_config(
+            "stage2/uniovseg_convnext_large_stage2.yaml", weights="model_final.pth"
+        )
         predictor.set_image(image)                       # uint8 [H, W, 3] RGB, features once
         masks, ious, _ = predictor.predict(point_coords=np.array([[120, 80]]))  # [4, H, W]
         predictor.set_vocabulary("cat; dog, puppy; sky")
@@ -212,23 +214,35 @@ class UniOVSegPredictor:
         """Builds the model of a config file and loads its weights.
 
         Args:
-            config_file: A uniovseg YAML config (e.g. ``configs/tiny/stage1_tiny.yaml``).
+            config_file: A uniovseg YAML config: a path, or the name of a config packaged with
+                uniovseg (``"stage2/uniovseg_convnext_large_stage2.yaml"``,
+                ``"tiny/stage1_tiny.yaml"``; see :func:`uniovseg.model_zoo.available_configs`),
+                so it works from any folder.
             weights: Checkpoint path (overrides ``MODEL.WEIGHTS``); empty: ``MODEL.WEIGHTS``
                 from the config/opts, or none (random decoders, CLIP from
-                ``MODEL.UNIOVSEG.CLIP.PRETRAINED``).
+                ``MODEL.UNIOVSEG.CLIP.PRETRAINED``). When the checkpoint holds every CLIP weight
+                (trained and converted checkpoints do), ``MODEL.UNIOVSEG.CLIP.PRETRAINED`` is not
+                loaded: nothing is downloaded.
             opts: ``KEY VALUE`` config overrides, e.g. ``["MODEL.UNIOVSEG.AUTOMATIC.
                 POINTS_PER_SIDE", "32"]``.
             device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: the config's ``MODEL.DEVICE``.
+
+        Raises:
+            FileNotFoundError: ``config_file`` is neither a file nor a packaged config.
+            ValueError: the weights file does not exist (checked before anything is built) or is
+                refused; CLIP weights that can be neither found nor downloaded; bad ``opts``.
         """
         from detectron2.modeling import build_model
 
         import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
         from uniovseg.checkpoint import UniOVSegCheckpointer
         from uniovseg.config import load_config
+        from uniovseg.model_zoo import resolve_config_file
+        from uniovseg.modeling.build import cfg_without_clip_download
 
         if len(opts) % 2:
             raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
-        cfg = load_config(config_file, opts)  # plain YAML only: no Python tags
+        cfg = load_config(resolve_config_file(config_file), opts)  # plain YAML only: no Python tags
         if device is not None:
             cfg.MODEL.DEVICE = device
         if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
@@ -239,7 +253,14 @@ class UniOVSegPredictor:
         if weights:
             cfg.MODEL.WEIGHTS = weights
         cfg.freeze()
-        model = build_model(cfg)
+        try:
+            # Before anything is built: a missing checkpoint is reported at once, and CLIP
+            # weights that the checkpoint replaces are neither downloaded nor read. Only the
+            # model is built with that config; `predictor.cfg` stays the user's.
+            build_cfg = cfg_without_clip_download(cfg)
+        except FileNotFoundError as e:
+            raise ValueError(f"cannot load weights: {e}") from None
+        model = build_model(build_cfg)
         if cfg.MODEL.WEIGHTS:
             try:
                 # Refuses pickles; reads tensors only (torch.load(weights_only=True)).

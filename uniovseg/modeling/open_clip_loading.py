@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_open_clip", "read_clip_state_dict"]
+__all__ = ["clip_state_dict_shapes", "load_open_clip", "read_clip_state_dict"]
 
 # Suffixes that make a `pretrained` string a file path rather than an open_clip tag.
 _WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth")
 # How many offending keys a load error lists before eliding the rest.
 _MAX_KEYS_IN_ERROR = 8
+# Seconds to wait for a TCP connection to the Hugging Face hub before calling it unreachable.
+_HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def load_open_clip(
@@ -36,7 +39,7 @@ def load_open_clip(
             ``hf-hub:``/``local-dir:`` schemas are not supported: give a config name here and the
             weights file as ``pretrained``.
         pretrained: ``""`` for random weights; an open_clip pretrained tag of this model (e.g.
-            ``"laion2b_s29b_b131k_ft_soup"``; downloaded from the hub, or taken from its cache); or
+            ``"laion2b_s29b_b131k_ft_soup"``; taken from the local cache, else downloaded); or
             a local ``.safetensors``/``.bin``/``.pt``/``.pth`` file holding the model's state dict,
             possibly wrapped as ``{"state_dict": ...}`` with ``module.`` prefixes (open_clip
             training checkpoints).
@@ -47,10 +50,10 @@ def load_open_clip(
         The open_clip model (``open_clip.CLIP``) in float32, eval mode, on ``device``.
 
     Raises:
-        ValueError: unknown model name or tag, unreadable/corrupt file, a file holding pickled
-            objects other than tensors, or a state dict that does not fit the model.
+        ValueError: unknown model name or tag, weights of a tag that are neither cached nor
+            downloadable (one line saying what to do), unreadable/corrupt file, a file holding
+            pickled objects other than tensors, or a state dict that does not fit the model.
         FileNotFoundError: ``pretrained`` looks like a path but no such file exists.
-        RuntimeError: the weights of a tag could not be downloaded.
     """
     import open_clip
 
@@ -148,6 +151,29 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
+def clip_state_dict_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the open_clip model ``model_name``, without allocating it.
+
+    The model is built on the ``meta`` device (no weights read, no memory allocated), so a
+    checkpoint can be compared with it before anything is loaded.
+
+    Raises:
+        ValueError: unknown model name (see :func:`load_open_clip`).
+    """
+    # Built under a meta default device: create_model(device="meta") would initialise the
+    # weights on the CPU first (seconds for convnext_large) and only then move them.
+    # open_clip's "initialized randomly" warning would be misleading: no weights exist at all.
+    log_filter = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(log_filter)
+    try:
+        with torch.device("meta"):
+            model = load_open_clip(model_name, "")
+    finally:
+        root.removeFilter(log_filter)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def _resolve_pretrained(model_name: str, pretrained: str) -> tuple[str, dict]:
     """Turns ``pretrained`` into a local file path ("" for none) and the tag's config ({})."""
     if not pretrained:
@@ -163,20 +189,7 @@ def _resolve_pretrained(model_name: str, pretrained: str) -> tuple[str, dict]:
 
     tag_cfg = open_clip_pretrained.get_pretrained_cfg(model_name, pretrained)
     if tag_cfg:
-        try:
-            path = open_clip_pretrained.download_pretrained(tag_cfg)
-        except Exception as e:  # hub/network errors come in many types; all mean "no file"
-            raise RuntimeError(
-                f"Could not download open_clip weights {model_name!r}/{pretrained!r}: {e}. "
-                "Without network access, download the file elsewhere and set "
-                "MODEL.UNIOVSEG.CLIP.PRETRAINED (or `pretrained`) to its local path."
-            ) from e
-        if not path or not os.path.isfile(path):
-            raise RuntimeError(
-                f"open_clip returned no weights file for {model_name!r}/{pretrained!r}; set "
-                "`pretrained` to a local weights file instead."
-            )
-        return path, tag_cfg
+        return _tag_weights_file(model_name, pretrained, tag_cfg), tag_cfg
     if pretrained.endswith(_WEIGHT_SUFFIXES) or os.sep in pretrained:
         raise FileNotFoundError(f"CLIP weights file {pretrained!r} does not exist.")
     tags = open_clip_pretrained.list_pretrained_tags_by_model(model_name)
@@ -185,6 +198,107 @@ def _resolve_pretrained(model_name: str, pretrained: str) -> tuple[str, dict]:
         f"{model_name!r} (known tags: {tags or 'none'}). Use a tag, a local "
         f"{'/'.join(_WEIGHT_SUFFIXES)} path, or '' for random weights."
     )
+
+
+def _tag_weights_file(model_name: str, tag: str, tag_cfg: dict) -> str:
+    """The local file of an open_clip tag: from the caches if there, else downloaded.
+
+    The caches are read first because the hub client, when the network is down, retries for about
+    a minute before it looks into its own cache. A hub that cannot be reached fails at once.
+
+    Raises:
+        ValueError: not cached and not downloadable; one line that says what to do.
+    """
+    from open_clip import pretrained as open_clip_pretrained
+
+    cached = _cached_tag_file(tag_cfg)
+    if cached:
+        logger.info("open_clip weights %s/%s found in the cache: %s", model_name, tag, cached)
+        return cached
+    remedy = (
+        "download the weights file where there is network access and set "
+        "MODEL.UNIOVSEG.CLIP.PRETRAINED (the `pretrained` argument) to its local path, or set "
+        "MODEL.WEIGHTS to a checkpoint that holds the CLIP weights (then none are downloaded)"
+    )
+    reason = _hub_unreachable_reason() if tag_cfg.get("hf_hub") else None
+    if reason is not None:
+        raise ValueError(
+            f"Cannot get the open_clip weights {model_name!r}/{tag!r}: they are not in the local "
+            f"cache and {reason}. To fix it, {remedy}."
+        )
+    try:
+        path = open_clip_pretrained.download_pretrained(tag_cfg)
+    except Exception as e:  # hub/network errors come in many types; all mean "no file"
+        logger.debug("open_clip download of %s/%s failed", model_name, tag, exc_info=True)
+        raise ValueError(
+            f"Could not download the open_clip weights {model_name!r}/{tag!r} "
+            f"({_first_line(e)}). To fix it, {remedy}."
+        ) from None  # the hub's own traceback adds nothing the message does not say
+    if not path or not os.path.isfile(path):
+        raise ValueError(
+            f"open_clip returned no weights file for {model_name!r}/{tag!r}. To fix it, {remedy}."
+        )
+    return path
+
+
+def _cached_tag_file(tag_cfg: dict) -> str:
+    """The already downloaded file of a tag in the Hugging Face or open_clip URL cache, or ""."""
+    if tag_cfg.get("file"):
+        return tag_cfg["file"] if os.path.isfile(tag_cfg["file"]) else ""
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return ""
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo_id, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        # open_clip prefers the .safetensors twin of a .bin/.pth file when the hub has one.
+        stem, suffix = os.path.splitext(filename)
+        names = [filename]
+        if filename == HF_WEIGHTS_NAME:
+            names.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif suffix in (".bin", ".pth"):
+            names.insert(0, stem + ".safetensors")
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return ""
+    url = tag_cfg.get("url", "")
+    # open_clip's own URL cache (download_pretrained_from_url's default folder).
+    path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
+    return path if path and os.path.isfile(path) else ""
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (None: it can, or cannot be told)."""
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "the huggingface_hub package is not installed"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if getproxies().get("https"):
+        return None  # only the proxy knows; let the hub client try
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or ""
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"the hub {host}:{port} cannot be reached ({_first_line(e)})"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_into(

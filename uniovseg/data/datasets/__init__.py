@@ -5,6 +5,9 @@ Importing this package registers, lazily (no file is read until a dataset is use
 - the paper's benchmarks (ADE20K-150/847, PASCAL Context-59/459, PASCAL VOC-20/21, COCO panoptic,
   Cityscapes; see :mod:`.benchmarks` and datasets/README.md) under ``$DETECTRON2_DATASETS``
   (default ``./datasets``);
+- the training sets of the paper's configs, ``sa1b_train`` (``$DETECTRON2_DATASETS/sa1b``) and
+  ``captions_train`` (``$DETECTRON2_DATASETS/captions/captions_entities.jsonl``); training
+  registers them again from its config's ``DATASETS.UNIOVSEG.*`` keys (see :mod:`.training`);
 - the synthetic world's datasets (``synthetic_*``, see :mod:`.synthetic`) from
   ``$UNIOVSEG_SYNTHETIC_ROOT`` (default ``./datasets/synthetic``), plus its promptable view.
 """
@@ -15,18 +18,27 @@ from .benchmarks import BENCHMARK_DATASETS, default_datasets_root, register_all_
 from .captions import load_caption_manifest, register_caption_dataset
 from .promptable import register_promptable_view
 from .synthetic import register_synthetic_world
+from .training import (
+    check_datasets,
+    register_training_datasets,
+    register_training_datasets_from_config,
+)
 
 __all__ = [
     "BENCHMARK_DATASETS",
+    "check_datasets",
     "default_datasets_root",
     "load_caption_manifest",
     "register_all_benchmarks",
     "register_caption_dataset",
     "register_promptable_view",
     "register_synthetic_world",
+    "register_training_datasets",
+    "register_training_datasets_from_config",
 ]
 
 register_all_benchmarks()
+register_training_datasets()
 register_synthetic_world(
     os.environ.get("UNIOVSEG_SYNTHETIC_ROOT", os.path.join("datasets", "synthetic"))
 )

@@ -38,6 +38,7 @@ __all__ = [
     "SKIP_REASONS",
     "SA1BScan",
     "build_sa1b_index",
+    "check_sa1b_index",
     "load_sa1b_dicts",
     "read_sa1b_index",
     "register_sa1b",
@@ -292,6 +293,47 @@ def build_sa1b_index(
     return write_sa1b_index(scan, index_file)
 
 
+def _prepare_command(root: str, index_file: str) -> str:
+    extra = f" --index-file {index_file}" if index_file != _default_index_file(root) else ""
+    return f"`python datasets/prepare_sa1b.py --root {root}{extra}`"
+
+
+def _check_index_header(f, root: str, index_file: str) -> None:
+    header = f.readline().rstrip("\n")
+    if header != _HEADER:
+        raise ValueError(
+            f"{index_file!r} is not a uniovseg SA-1B index (first line {header!r}); rebuild it "
+            f"with {_prepare_command(root, index_file)}"
+        )
+
+
+def check_sa1b_index(root: str, index_file: str | None = None) -> str:
+    """Checks, cheaply, that ``root`` exists and holds an index: the run-time checks of
+    :func:`read_sa1b_index` that need only the index's first line.
+
+    Returns:
+        The index path.
+
+    Raises:
+        ValueError: ``root`` is not a folder, or the index is missing or not a uniovseg SA-1B
+            index; the message names the path and the command that writes it.
+    """
+    index_file = index_file or _default_index_file(root)
+    if not os.path.isdir(root):
+        raise ValueError(
+            f"SA-1B root {root!r} does not exist: download and untar SA-1B there, then index it "
+            f"once with {_prepare_command(root, index_file)}"
+        )
+    if not os.path.isfile(index_file):
+        raise ValueError(
+            f"SA-1B index {index_file!r} not found; build it once with "
+            f"{_prepare_command(root, index_file)}"
+        )
+    with open(index_file, encoding="utf-8") as f:
+        _check_index_header(f, root, index_file)
+    return index_file
+
+
 def read_sa1b_index(root: str, index_file: str | None = None) -> list[str]:
     """Reads the relative stems listed in an index written by :func:`build_sa1b_index`.
 
@@ -303,16 +345,10 @@ def read_sa1b_index(root: str, index_file: str | None = None) -> list[str]:
     if not os.path.isfile(index_file):
         raise ValueError(
             f"SA-1B index {index_file!r} not found; build it once with "
-            f"`python datasets/prepare_sa1b.py --root {root}`"
-            + (f" --index-file {index_file}" if index_file != _default_index_file(root) else "")
+            f"{_prepare_command(root, index_file)}"
         )
     with open(index_file, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n")
-        if header != _HEADER:
-            raise ValueError(
-                f"{index_file!r} is not a uniovseg SA-1B index (first line {header!r}); rebuild it "
-                f"with `python datasets/prepare_sa1b.py --root {root}`"
-            )
+        _check_index_header(f, root, index_file)
         stems = [line for line in f.read().split("\n") if line]
     if not stems:
         raise ValueError(
