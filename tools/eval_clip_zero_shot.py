@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import time
 
@@ -93,7 +92,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    from uniovseg.logs import setup_logging
+
+    setup_logging()
     torch.set_num_threads(args.threads)
 
     import open_clip

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-logger = logging.getLogger("pretrain_clip")
+logger = logging.getLogger("uniovseg.tools.pretrain_clip")
 
 
 def load_pairs(manifest: str, image_size: int, field: str) -> tuple[torch.Tensor, list[str]]:
@@ -144,7 +144,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from uniovseg.logs import setup_logging
+
+    setup_logging()
     if args.max_steps is None and args.time_budget <= 0:
         raise ValueError("Give a positive --time-budget or --max-steps.")
 
