@@ -17,25 +17,34 @@ from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()  # first: it silences known warnings of the imports below
+    from uniovseg.data.datasets.conversion.progress import (
+        ConversionRun,
+        add_conversion_arguments,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--splits", nargs="+", default=["validation"])
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
+    add_conversion_arguments(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    run = ConversionRun.from_args(args, "SceneParse150 labels")
 
     from uniovseg.data.datasets.benchmarks import default_datasets_root
     from uniovseg.data.datasets.conversion.ade20k import prepare_ade20k_sem_seg
 
     try:
         count = prepare_ade20k_sem_seg(
-            args.root or default_datasets_root(), tuple(args.splits), overwrite=args.overwrite
+            args.root or default_datasets_root(),
+            tuple(args.splits),
+            overwrite=args.overwrite,
+            run=run,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {count} label files")
-    return 0
+    return run.finish(f"wrote {count} label files")
 
 
 if __name__ == "__main__":

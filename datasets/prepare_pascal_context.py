@@ -19,14 +19,21 @@ from uniovseg.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()  # first: it silences known warnings of the imports below
+    from uniovseg.data.datasets.conversion.progress import (
+        ConversionRun,
+        add_conversion_arguments,
+    )
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--split-file", help="image ids (default: VOC2010/ImageSets/Main/val.txt)")
     parser.add_argument("--labels-file", help="459 class names (default: VOC2010/labels.txt)")
     parser.add_argument("--labels-59-file", help="59 class names (default: VOC2010/59_labels.txt)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing outputs")
+    add_conversion_arguments(parser)
     args = parser.parse_args(argv)
-    setup_logging()
+    run = ConversionRun.from_args(args, "PASCAL Context")
 
     from uniovseg.data.datasets.benchmarks import default_datasets_root
     from uniovseg.data.datasets.conversion.pascal import prepare_pascal_context
@@ -38,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             labels_file=args.labels_file,
             labels_59_file=args.labels_59_file,
             overwrite=args.overwrite,
+            run=run,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"converted {count} images")
-    return 0
+    return run.finish(f"converted {count} images")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ def test_an_image_whose_files_cannot_be_written_is_skipped_and_the_others_kept(
             f"{name}.json",
             f"{name}_overlay.png",
             f"{name}_semantic.png",
+            f"{name}_semantic_color.png",
         }
 
 

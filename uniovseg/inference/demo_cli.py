@@ -15,9 +15,15 @@ tiny/stage1_tiny.yaml), so it works from any folder. A checkpoint that holds the
 (trained or converted ones do) makes the CLIP download of the config unnecessary: none is made.
 
 Per image NAME the output folder gets:
-    NAME_overlay.png   the image with masks, labels and scores (detectron2's Visualizer);
-    NAME_semantic.png  class index per pixel, uint8 (255 = unlabelled) or uint16 (65535) when
-                       there are 255 classes or more (tasks semantic and panoptic);
+    NAME_overlay.png   a picture to look at: the image with its masks filled and outlined and,
+                       beside or under it, a legend (classes present by area; for prompts,
+                       each prompt's number -> its mask's class, score and IoU). Prompts are
+                       numbered 1, 2... points first, then boxes (prompt_index + 1 in the
+                       JSON). At the processed size (longest side at most --max-side);
+    NAME_semantic.png  data, not a picture: the class index of each pixel (looks black in an
+                       image viewer), uint8 (255 = unlabelled) or uint16 (65535) when there
+                       are 255 classes or more (tasks semantic and panoptic);
+    NAME_semantic_color.png  the same label map in the overlay's class colours;
     NAME_panoptic.png  COCO panoptic RGB ids (task panoptic; segments in the JSON);
     NAME.json          size, conversions, class names and the records (COCO RLE
                        ``segmentation``, ``bbox`` XYWH, ``area``, ``predicted_iou``,
@@ -33,9 +39,13 @@ Names are compared case-insensitively (A.json and a.json are one file on macOS a
 A.jpg and a.png give A and a_2.
 summary.json lists the output JSON of every input file.
 
-Coordinates in outputs are pixels of the processed image: the original, upright (EXIF
-applied), downscaled when its longest side exceeds --max-side (the JSON's ``scale`` says by
-how much). --points/--boxes are given in original-image pixels. Malformed prompts stop the run
+Images whose longest side exceeds --max-side are processed downscaled, but every data output
+is in the original image's pixels (upright, EXIF applied): the JSON's ``height``/``width``, RLE
+sizes, ``bbox``, ``area``, ``point_coords``, ``box`` and the label / panoptic PNGs (masks are
+re-rendered from the model's logits at the original size; label maps take the nearest
+processed pixel). ``processed_height``/``processed_width`` and ``scale`` say how the image was
+processed; only the overlay picture is at that size. --points/--boxes are given in
+original-image pixels. Malformed prompts stop the run
 before any work; prompts outside a particular image skip that image (with the reason), and
 prompts that fit no input image stop the run before the model is built.
 
@@ -205,24 +215,27 @@ def process_image(
 ) -> dict:
     """Runs the task on one image and writes its files (their paths appended to ``written``);
     returns the JSON written."""
+    from uniovseg.inference.upscaling import OutputUpscaler
+
     predictor.set_image(loaded.image)
+    upscaler = OutputUpscaler.from_predictor(predictor, loaded.original_size)
     info = {
         "file_name": loaded.path,
         "task": args.task,
-        "height": loaded.size[0],
-        "width": loaded.size[1],
-        "original_height": loaded.original_size[0],
-        "original_width": loaded.original_size[1],
+        "height": loaded.original_size[0],
+        "width": loaded.original_size[1],
+        "processed_height": loaded.size[0],
+        "processed_width": loaded.size[1],
         "scale": loaded.scale,
         "notes": loaded.notes,
     }
     if predictor.class_names:
         info["class_names"] = predictor.class_names
     if args.task == "prompted":
-        overlay = _prompted(predictor, loaded, args, plan, info)
+        overlay = _prompted(predictor, loaded, args, plan, info, upscaler)
     else:
         overlay = _automatic(
-            predictor, generator, loaded.image, args.task, out_prefix, info, written
+            predictor, generator, loaded.image, args.task, out_prefix, info, written, upscaler
         )
     _save(written, output_files.write_rgb_png, f"{out_prefix}_overlay.png", overlay)
     _save(written, output_files.write_json, f"{out_prefix}.json", info)  # last: the image is done
@@ -236,83 +249,81 @@ def _save(written: list[str], write, path: str, *args):
     return result
 
 
-def _prompted(predictor, loaded, args, plan, info: dict) -> np.ndarray:
-    """Task prompted: records of every prompt's masks; overlay with the prompts drawn."""
+def _prompted(predictor, loaded, args, plan, info: dict, upscaler) -> np.ndarray:
+    """Task prompted: records of every prompt's masks at the original size (prompts numbered
+    across points and boxes); overlay with numbered prompts, each mask in its prompt's colour."""
     from uniovseg.inference import visualization
 
     names = predictor.class_names
     points, boxes = scaled_prompts(plan, loaded)
     records, masks = [], []
-    for kind, prompts in (("point_coords", points), ("boxes", boxes)):
+    for kind, prompts, given in (
+        ("point_coords", points, plan["points"]),
+        ("boxes", boxes, plan["boxes"]),
+    ):
         if prompts is None:
             continue
         out = predictor.predict_with_labels(
             **{kind: prompts}, multimask_output=args.multimask, squeeze=False
         )
+        full = upscaler.prompt_prediction(out)
         records += output_files.prompt_records(
-            out.masks,
+            full.masks,
             out.iou_predictions,
             out.stability_scores,
-            points=prompts if kind == "point_coords" else None,
-            boxes=prompts if kind == "boxes" else None,
+            points=given if kind == "point_coords" else None,
+            boxes=given if kind == "boxes" else None,
             labels=out.labels,
             scores=out.scores,
             class_names=names,
+            first_prompt_index=len(masks),
         )
-        masks.append(out.masks.reshape(-1, *loaded.size))
-    texts = [
-        (f"{r['category']} {r['score']:.0%} " if "category" in r else "")
-        + f"iou {r['predicted_iou']:.2f}"
-        for r in records
-    ]
+        masks += list(out.masks)  # one [M, H, W] array per prompt, processed size
+    texts = [[] for _ in masks]
+    for r in records:
+        label = f"{r['category']} {r['score']:.0%}, " if "category" in r else ""
+        texts[r["prompt_index"]].append(f"{label}iou {r['predicted_iou']:.2f}")
     info["records"] = records
-    return visualization.draw_masks(
-        loaded.image,
-        np.concatenate(masks),
-        labels=texts,
-        class_ids=[r["category_id"] for r in records] if names else None,
-        points=points,
-        boxes=boxes,
-    )
+    return visualization.draw_prompts(loaded.image, masks, points=points, boxes=boxes, texts=texts)
 
 
 def _automatic(
-    predictor, generator, image, task: str, out_prefix: str, info: dict, written: list[str]
+    predictor,
+    generator,
+    image,
+    task: str,
+    out_prefix: str,
+    info: dict,
+    written: list[str],
+    upscaler,
 ) -> np.ndarray:
-    """Tasks automatic, semantic, panoptic: labelled automatic-mask records, label maps."""
+    """Tasks automatic, semantic, panoptic: labelled automatic-mask records and label maps at
+    the original size; the overlay at the processed size."""
     from uniovseg.inference import visualization
-    from uniovseg.inference.automatic_mask_generator_api import automatic_records
 
     names = predictor.class_names
     result, labels = generator.result_for_current_image()
-    info["records"] = automatic_records(result, "coco_rle", labels)
+    info["records"] = upscaler.automatic_records(
+        result, labels, min_region_area=getattr(generator.engine, "min_region_area", 0)
+    )
     if task == "automatic":
-        if labels is not None:
-            pairs = zip(labels.labels, labels.scores, strict=True)
-            texts = [f"{names[c]} {s:.0%}" for c, s in pairs]
-        else:
-            texts = [f"iou {r['predicted_iou']:.2f}" for r in info["records"]]
         return visualization.draw_masks(
             image,
             result.masks.cpu().numpy(),
-            labels=texts,
             class_ids=labels.labels if labels is not None else None,
+            class_names=names or None,
         )
     if task == "semantic":
         semantic = predictor.predict_semantic()
-        label_map = semantic.labels
-        overlay = visualization.draw_semantic(image, label_map, names)
+        label_map = upscaler.label_map(semantic.labels)
+        overlay = visualization.draw_semantic(image, semantic.labels, names)
     else:
         panoptic = predictor.predict_panoptic()
-        _save(
-            written,
-            output_files.write_panoptic_png,
-            f"{out_prefix}_panoptic.png",
-            panoptic.panoptic_seg,
-        )
+        panoptic_seg = upscaler.label_map(panoptic.panoptic_seg)
+        _save(written, output_files.write_panoptic_png, f"{out_prefix}_panoptic.png", panoptic_seg)
         info["panoptic_file"] = os.path.basename(f"{out_prefix}_panoptic.png")
         info["segments_info"] = panoptic.segments_info
-        label_map = output_files.panoptic_to_semantic(panoptic.panoptic_seg, panoptic.segments_info)
+        label_map = output_files.panoptic_to_semantic(panoptic_seg, panoptic.segments_info)
         overlay = visualization.draw_panoptic(
             image, panoptic.panoptic_seg, panoptic.segments_info, names
         )
@@ -320,6 +331,14 @@ def _automatic(
         written, output_files.write_label_map, f"{out_prefix}_semantic.png", label_map, len(names)
     )
     info["semantic_file"] = os.path.basename(f"{out_prefix}_semantic.png")
+    _save(
+        written,
+        output_files.write_semantic_color_png,
+        f"{out_prefix}_semantic_color.png",
+        label_map,
+        len(names),
+    )
+    info["semantic_color_file"] = os.path.basename(f"{out_prefix}_semantic_color.png")
     return overlay
 
 

@@ -7,11 +7,18 @@ Formats:
   ``area``, ``predicted_iou``, ``stability_score``, ``point_coords`` ([[x, y]]) and/or ``box``
   (XYXY), ``crop_box``, plus ``category_id``/``category``/``score`` when labelled;
 * semantic label map: single-channel PNG of class indices, uint8 with 255 for unlabelled
-  pixels when there are fewer than 255 classes, else uint16 with 65535;
+  pixels when there are fewer than 255 classes, else uint16 with 65535. It is data, not a
+  picture: class indices 0, 1, 2... look black in image viewers; read it with
+  ``np.asarray(PIL.Image.open(path))``;
+* coloured label map: the same map as an RGB picture, class ``c`` in
+  ``visualization.class_color(c)`` (the overlay's colours), unlabelled pixels black;
 * panoptic PNG: COCO panoptic RGB encoding (``id = R + 256 G + 256^2 B``, 0 = no segment).
 
 Every file is written atomically (a temporary ``PATH.tmp`` renamed into place): an interrupted
 or failed write never leaves a half-written file.
+
+Records, label maps and panoptic PNGs are at the size of the masks given (the demo gives them
+at the original image's size, see :mod:`uniovseg.inference.upscaling`).
 
 File names: an image named ``NAME`` gets ``NAME`` + each of :data:`IMAGE_FILE_SUFFIXES`, and the
 run gets :data:`SUMMARY_FILE`. No suffix ends another one, so distinct names (see
@@ -46,6 +53,7 @@ __all__ = [
     "write_label_map",
     "write_panoptic_png",
     "write_rgb_png",
+    "write_semantic_color_png",
 ]
 
 _UINT8_IGNORE = 255
@@ -53,8 +61,15 @@ _UINT16_IGNORE = 65535
 
 # The run's own file, at the top of the output folder.
 SUMMARY_FILE = "summary.json"
-# Appended to an image's output name: records, overlay, label map, panoptic PNG.
-IMAGE_FILE_SUFFIXES = (".json", "_overlay.png", "_semantic.png", "_panoptic.png")
+# Appended to an image's output name: records, overlay, label map, coloured label map,
+# panoptic PNG.
+IMAGE_FILE_SUFFIXES = (
+    ".json",
+    "_overlay.png",
+    "_semantic.png",
+    "_semantic_color.png",
+    "_panoptic.png",
+)
 
 
 def output_names(names: Sequence[str]) -> list[str]:
@@ -152,6 +167,14 @@ def write_label_map(path: str, labels: np.ndarray, num_classes: int) -> int:
     return ignore
 
 
+def write_semantic_color_png(path: str, labels: np.ndarray, num_classes: int) -> None:
+    """Writes int class indices [H, W] as an RGB picture (``visualization.colorize_labels``:
+    the overlay's class colours, black for values outside ``[0, num_classes)``)."""
+    from uniovseg.inference.visualization import colorize_labels
+
+    write_rgb_png(path, colorize_labels(labels, num_classes))
+
+
 def write_panoptic_png(path: str, panoptic_seg: np.ndarray) -> None:
     """Writes segment ids [H, W] in COCO panoptic's RGB encoding."""
     from panopticapi.utils import id2rgb
@@ -183,6 +206,7 @@ def prompt_records(
     labels: np.ndarray | None = None,
     scores: np.ndarray | None = None,
     class_names: Sequence[str] = (),
+    first_prompt_index: int = 0,
 ) -> list[dict]:
     """Records of prompted masks (one per prompt and output), JSON-ready.
 
@@ -193,10 +217,14 @@ def prompt_records(
         boxes: float [N, 4] XYXY box prompts, or None (exactly one of points/boxes).
         labels, scores: Optional int [N, M] class indices and float [N, M] probabilities.
         class_names: Display names for ``labels``.
+        first_prompt_index: ``prompt_index`` of the first prompt: give the number of prompts
+            already recorded for the image (e.g. the points before its boxes), so that every
+            prompt of an image has its own index.
 
     Returns:
-        N x M dicts, prompt-major, with the module's record keys plus ``prompt_index`` and
-        ``mask_index`` (which of the prompt's M outputs).
+        N x M dicts, prompt-major, with the module's record keys plus ``prompt_index``
+        (``first_prompt_index + i`` for prompt ``i``) and ``mask_index`` (which of the prompt's
+        M outputs).
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 4:
@@ -219,7 +247,7 @@ def prompt_records(
             "predicted_iou": float(iou_predictions[i, m]),
             "stability_score": float(stability_scores[i, m]),
             "crop_box": [0, 0, int(width), int(height)],
-            "prompt_index": i,
+            "prompt_index": first_prompt_index + i,
             "mask_index": m,
         }
         if points is not None:

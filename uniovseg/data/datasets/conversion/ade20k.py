@@ -19,19 +19,21 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
 
 from .ade20k_847_ids import ADE20K_847_OBJECT_IDS
 from .label_io import (
     list_files,
     lookup_table,
     panoptic_segments,
+    read_image_array,
     read_label_map,
+    write_image,
     write_json,
     write_label_png,
     write_label_tiff16,
     write_panoptic_png,
 )
+from .progress import ConversionRun
 
 __all__ = [
     "ade20k_150_labels",
@@ -62,19 +64,31 @@ def ade20k_150_labels(annotation: np.ndarray) -> np.ndarray:
 
 
 def prepare_ade20k_sem_seg(
-    root: str, splits: tuple[str, ...] = ("validation",), *, overwrite: bool = False
+    root: str,
+    splits: tuple[str, ...] = ("validation",),
+    *,
+    overwrite: bool = False,
+    run: ConversionRun | None = None,
 ) -> int:
     """Writes ``ADEChallengeData2016/annotations_detectron2/<split>/*.png``; returns the number of
-    files written."""
+    files written.
+
+    Args:
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it).
+    """
+    run = run if run is not None else ConversionRun()
     base = os.path.join(root, "ADEChallengeData2016")
-    written = 0
+    jobs = []
     for split in splits:
         src_dir = os.path.join(base, "annotations", split)
         files = list_files(src_dir, ".png", "unpack ADEChallengeData2016.zip into the root")
-        for name in files:
-            dst = os.path.join(base, "annotations_detectron2", split, name)
+        jobs += [(os.path.join(src_dir, name), split, name) for name in files]
+    written = 0
+    for src, split, name in run.track(jobs, total=len(jobs)):
+        dst = os.path.join(base, "annotations_detectron2", split, name)
+        with run.file(src):
             if overwrite or not os.path.exists(dst):
-                write_label_png(dst, ade20k_150_labels(read_label_map(os.path.join(src_dir, name))))
+                write_label_png(dst, ade20k_150_labels(read_label_map(src)))
                 written += 1
     return written
 
@@ -147,6 +161,7 @@ def prepare_ade20k_panoptic(
     mapping_file: str | None = None,
     split: str = "validation",
     overwrite: bool = False,
+    run: ConversionRun | None = None,
 ) -> str:
     """Writes ``ade20k_panoptic_<val|train>.json`` and its PNG folder in ADEChallengeData2016.
 
@@ -157,10 +172,13 @@ def prepare_ade20k_panoptic(
             categoryMapping.txt``).
         split: ``validation`` or ``training``.
         overwrite: Rewrite PNGs that exist.
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it); a
+            skipped image is left out of the JSON.
 
     Returns:
         The JSON path.
     """
+    run = run if run is not None else ConversionRun()
     if len(class_names) != 150:
         raise ValueError(f"150 class names expected, got {len(class_names)}")
     base = os.path.join(root, "ADEChallengeData2016")
@@ -176,24 +194,25 @@ def prepare_ade20k_panoptic(
     out_dir = os.path.join(base, f"ade20k_panoptic_{short}")
     image_dir = os.path.join(base, "images", split)
     instance_dir = os.path.join(base, "annotations_instance", split)
+    names = list_files(image_dir, ".jpg", "unpack ADEChallengeData2016.zip into the root")
+    list_files(instance_dir, ".png", "unpack annotations_instance.tar into ADEChallengeData2016")
     images, annotations = [], []
-    for name in list_files(image_dir, ".jpg", "unpack ADEChallengeData2016.zip into the root"):
+    for name in run.track(names, total=len(names)):
         stem = os.path.splitext(name)[0]
-        semantic = read_label_map(os.path.join(base, "annotations", split, stem + ".png"))
         instance_file = os.path.join(instance_dir, stem + ".png")
-        if not os.path.isfile(instance_file):
-            raise ValueError(f"{instance_file} is missing: unpack annotations_instance.tar")
-        segment_ids, segments = ade20k_panoptic(
-            semantic, read_label_map(instance_file), instance_to_semantic
-        )
-        out_png = os.path.join(out_dir, stem + ".png")
-        if overwrite or not os.path.exists(out_png):
-            write_panoptic_png(out_png, segment_ids)
-        height, width = semantic.shape
-        images.append({"id": stem, "file_name": name, "height": height, "width": width})
-        annotations.append(
-            {"image_id": stem, "file_name": stem + ".png", "segments_info": segments}
-        )
+        with run.file(instance_file):
+            semantic = read_label_map(os.path.join(base, "annotations", split, stem + ".png"))
+            segment_ids, segments = ade20k_panoptic(
+                semantic, read_label_map(instance_file), instance_to_semantic
+            )
+            out_png = os.path.join(out_dir, stem + ".png")
+            if overwrite or not os.path.exists(out_png):
+                write_panoptic_png(out_png, segment_ids)
+            height, width = semantic.shape
+            images.append({"id": stem, "file_name": name, "height": height, "width": width})
+            annotations.append(
+                {"image_id": stem, "file_name": stem + ".png", "segments_info": segments}
+            )
     categories = [
         {"id": k + 1, "name": n, "isthing": int(k + 1 in things), "color": _color(k + 1)}
         for k, n in enumerate(class_names)
@@ -226,6 +245,7 @@ def prepare_ade20k_full(
     object_ids: tuple[int, ...] = ADE20K_847_OBJECT_IDS,
     splits: tuple[str, ...] = ("validation",),
     overwrite: bool = False,
+    run: ConversionRun | None = None,
 ) -> int:
     """Writes ``ADE20K_2021_17_01/{images,annotations}_detectron2/<split>/`` and
     ``ADE20K_2021_17_01/classes_<N>.txt``.
@@ -235,18 +255,29 @@ def prepare_ade20k_full(
     class. ``classes_<N>.txt`` lists the dataset's own name of each label's class
     (``objectnames[id - 1]``), one per line in label order.
 
+    Args:
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it).
+
     Returns:
         The number of images written.
     """
     import cv2
 
+    run = run if run is not None else ConversionRun()
     base = os.path.join(root, "ADE20K_2021_17_01")
     index_file = os.path.join(base, "index_ade20k.pkl")
     if not os.path.isfile(index_file):
         raise ValueError(f"{index_file} does not exist: unpack ADE20K_2021_17_01.zip into {root}")
-    with open(index_file, "rb") as f:
-        index = pickle.load(f)  # the dataset's own index (trusted input)
-    objectnames = [str(n) for n in index["objectnames"]]
+    try:
+        with open(index_file, "rb") as f:
+            index = pickle.load(f)  # the dataset's own index (trusted input)
+        objectnames = [str(n) for n in index["objectnames"]]
+        entries = list(zip(index["folder"], index["filename"], strict=True))
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"cannot read {index_file} ({type(e).__name__}: {e}): unpack ADE20K_2021_17_01.zip "
+            "again"
+        ) from e
     if max(object_ids) > len(objectnames):
         raise ValueError(
             f"object id {max(object_ids)} exceeds the {len(objectnames)} objectnames of "
@@ -255,30 +286,33 @@ def prepare_ade20k_full(
     with open(os.path.join(base, f"classes_{len(object_ids)}.txt"), "w", encoding="utf-8") as f:
         f.writelines(objectnames[i - 1] + "\n" for i in object_ids)
     value_to_label = {value: label for label, value in enumerate(object_ids)}
+    split_of = {True: "validation", False: "training"}
+    jobs = [
+        (folder, filename, split_of[filename.startswith("ADE_val_")])
+        for folder, filename in entries
+        if split_of[filename.startswith("ADE_val_")] in splits
+    ]
     written = 0
-    for folder, filename in zip(index["folder"], index["filename"], strict=True):
-        split = "validation" if filename.startswith("ADE_val_") else "training"
-        if split not in splits:
-            continue
+    for folder, filename, split in run.track(jobs, total=len(jobs)):
         stem = os.path.splitext(filename)[0]
         out_image = os.path.join(base, "images_detectron2", split, filename)
         out_label = os.path.join(base, "annotations_detectron2", split, stem + ".tif")
-        if not overwrite and os.path.exists(out_image) and os.path.exists(out_label):
-            continue
         # index folders are relative to the folder holding ADE20K_2021_17_01
         image_path = os.path.join(root, folder, filename)
-        image = np.array(Image.open(image_path).convert("RGB"))
-        values = ade20k_full_class_mask(
-            read_label_map(os.path.join(root, folder, stem + "_seg.png"))
-        )
-        height, width = shorter_side_resize_shape(*image.shape[:2], ADE20K_FULL_MAX_SHORT_SIDE)
-        if (height, width) != image.shape[:2]:
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            values = cv2.resize(values, (width, height), interpolation=cv2.INTER_NEAREST)
-        write_label_tiff16(out_label, ade20k_full_labels(values, value_to_label))
-        os.makedirs(os.path.dirname(out_image), exist_ok=True)
-        Image.fromarray(image).save(out_image)
-        written += 1
+        with run.file(image_path):
+            if not overwrite and os.path.exists(out_image) and os.path.exists(out_label):
+                continue
+            image = read_image_array(image_path, "RGB")
+            values = ade20k_full_class_mask(
+                read_label_map(os.path.join(root, folder, stem + "_seg.png"))
+            )
+            height, width = shorter_side_resize_shape(*image.shape[:2], ADE20K_FULL_MAX_SHORT_SIDE)
+            if (height, width) != image.shape[:2]:
+                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+                values = cv2.resize(values, (width, height), interpolation=cv2.INTER_NEAREST)
+            write_label_tiff16(out_label, ade20k_full_labels(values, value_to_label))
+            write_image(out_image, image, "JPEG")
+            written += 1
     return written
 
 

@@ -24,6 +24,7 @@ from .label_io import (
     write_label_png,
     write_panoptic_png,
 )
+from .progress import ConversionRun
 
 __all__ = ["cityscapes_panoptic", "cityscapes_train_ids", "prepare_cityscapes"]
 
@@ -60,23 +61,41 @@ def cityscapes_panoptic(instance_ids: np.ndarray) -> tuple[np.ndarray, list[dict
     return segment_ids, panoptic_segments(segment_ids, categories, crowd)
 
 
-def prepare_cityscapes(root: str, *, split: str = "val", overwrite: bool = False) -> str:
+def prepare_cityscapes(
+    root: str, *, split: str = "val", overwrite: bool = False, run: ConversionRun | None = None
+) -> str:
     """Writes ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png``, ``gtFine/cityscapes_panoptic_
     <split>/*_gtFine_panoptic.png`` and ``gtFine/cityscapes_panoptic_<split>.json`` under
-    ``<root>/cityscapes``; returns the JSON path."""
+    ``<root>/cityscapes``; returns the JSON path.
+
+    Args:
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it); a
+            skipped image is left out of the JSON.
+    """
+    run = run if run is not None else ConversionRun()
     base = os.path.join(root, "cityscapes")
     gt_dir = os.path.join(base, "gtFine", split)
     if not os.path.isdir(gt_dir):
         raise ValueError(f"{gt_dir} does not exist: unpack gtFine_trainvaltest.zip into {base}")
     pan_dir = os.path.join(base, "gtFine", f"cityscapes_panoptic_{split}")
+    suffix = "_gtFine_labelIds.png"
+    label_files = [
+        os.path.join(gt_dir, city, name)
+        for city in sorted(os.listdir(gt_dir))
+        if os.path.isdir(os.path.join(gt_dir, city))
+        for name in sorted(os.listdir(os.path.join(gt_dir, city)))
+        if name.endswith(suffix)
+    ]
+    if not label_files:
+        raise ValueError(f"no *{suffix} under {gt_dir}")
     images, annotations = [], []
-    for city in sorted(os.listdir(gt_dir)):
-        for name in sorted(os.listdir(os.path.join(gt_dir, city))):
-            if not name.endswith("_gtFine_labelIds.png"):
-                continue
-            image_id = name[: -len("_gtFine_labelIds.png")]
-            prefix = os.path.join(gt_dir, city, image_id + "_gtFine_")
-            label_ids = read_label_map(prefix + "labelIds.png")
+    for label_file in run.track(label_files, total=len(label_files)):
+        image_id = os.path.basename(label_file)[: -len(suffix)]
+        prefix = label_file[: -len("labelIds.png")]
+        with run.file(label_file):
+            label_ids = read_label_map(label_file)
+            if label_ids.ndim != 2:
+                raise ValueError(f"expected a single-channel label image, got {label_ids.shape}")
             train_file = prefix + "labelTrainIds.png"
             if overwrite or not os.path.exists(train_file):
                 write_label_png(train_file, cityscapes_train_ids(label_ids))
@@ -96,8 +115,6 @@ def prepare_cityscapes(root: str, *, split: str = "val", overwrite: bool = False
             annotations.append(
                 {"image_id": image_id, "file_name": pan_name, "segments_info": segments}
             )
-    if not images:
-        raise ValueError(f"no *_gtFine_labelIds.png under {gt_dir}")
     categories = [
         {"id": c["id"], "name": c["name"], "color": list(c["color"]), "isthing": c["isthing"]}
         for c in CITYSCAPES_CATEGORIES

@@ -7,12 +7,12 @@ and ``panoptic_val2017/`` PNGs (from ``panoptic_annotations_trainval2017.zip``, 
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from .label_io import read_label_map, write_label_png
+from .label_io import read_json, read_label_map, write_label_png
+from .progress import ConversionRun
 
 __all__ = ["panoptic_to_semantic", "prepare_coco_panoptic_semantic"]
 
@@ -40,34 +40,45 @@ def panoptic_to_semantic(
 
 
 def prepare_coco_panoptic_semantic(
-    root: str, *, split: str = "val2017", overwrite: bool = False
+    root: str, *, split: str = "val2017", overwrite: bool = False, run: ConversionRun | None = None
 ) -> int:
     """Writes ``coco/panoptic_semseg_<split>/*.png`` (labels = categories in id order, 0-132);
-    returns the number written."""
+    returns the number written.
+
+    Args:
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it).
+    """
     from panopticapi.utils import rgb2id
 
+    run = run if run is not None else ConversionRun()
     coco = os.path.join(root, "coco")
     json_file = os.path.join(coco, "annotations", f"panoptic_{split}.json")
-    if not os.path.isfile(json_file):
+    data = read_json(
+        json_file,
+        f"unpack panoptic_annotations_trainval2017.zip into {coco} (see datasets/README.md)",
+    )
+    try:
+        ids = sorted(c["id"] for c in data["categories"])
+        annotations = list(data["annotations"])
+    except (KeyError, TypeError) as e:
         raise ValueError(
-            f"{json_file} does not exist: unpack panoptic_annotations_trainval2017.zip into "
-            f"{coco} (see datasets/README.md)"
-        )
-    with open(json_file, encoding="utf-8") as f:
-        data = json.load(f)
-    ids = sorted(c["id"] for c in data["categories"])
+            f"{json_file} is not a COCO panoptic annotation file (no {e} in it)"
+        ) from e
+    png_dir = os.path.join(coco, f"panoptic_{split}")
+    if not os.path.isdir(png_dir):
+        raise ValueError(f"{png_dir} does not exist: unpack panoptic_{split}.zip into {coco}")
     category_to_label = {cat: i for i, cat in enumerate(ids)}
     written = 0
-    for ann in data["annotations"]:
-        dst = os.path.join(coco, f"panoptic_semseg_{split}", ann["file_name"])
-        if not overwrite and os.path.exists(dst):
-            continue
-        png = os.path.join(coco, f"panoptic_{split}", ann["file_name"])
-        if not os.path.isfile(png):
-            raise ValueError(f"{png} is missing: unpack panoptic_{split}.zip into {coco}")
-        segment_ids = rgb2id(read_label_map(png))
-        write_label_png(
-            dst, panoptic_to_semantic(segment_ids, ann["segments_info"], category_to_label)
-        )
-        written += 1
+    for ann in run.track(annotations, total=len(annotations)):
+        name = ann.get("file_name") if isinstance(ann, dict) else None
+        png = os.path.join(png_dir, str(name))
+        with run.file(png):
+            dst = os.path.join(coco, f"panoptic_semseg_{split}", ann["file_name"])
+            if not overwrite and os.path.exists(dst):
+                continue
+            segment_ids = rgb2id(read_label_map(png))
+            write_label_png(
+                dst, panoptic_to_semantic(segment_ids, ann["segments_info"], category_to_label)
+            )
+            written += 1
     return written

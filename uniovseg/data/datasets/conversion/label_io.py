@@ -1,18 +1,30 @@
-"""Reading and writing label maps and COCO panoptic segments for the dataset converters."""
+"""Reading and writing label maps and COCO panoptic segments for the dataset converters.
+
+Reading errors name the file (:class:`~.progress.ConversionError`); every file is written
+atomically (a temporary ``PATH.tmp`` renamed into place), so a run stopped midway never leaves a
+half-written output that a re-run would take as done.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .progress import ConversionError
 
 __all__ = [
     "list_files",
     "lookup_table",
     "panoptic_segments",
+    "read_image_array",
+    "read_json",
     "read_label_map",
+    "write_image",
     "write_json",
     "write_label_png",
     "write_label_tiff16",
@@ -22,25 +34,76 @@ __all__ = [
 
 def read_label_map(path: str) -> np.ndarray:
     """The values stored in a label image: palette indices for ``P`` PNGs (VOC), uint16 for
-    16-bit PNG/TIFF, HxWx3 uint8 for RGB-encoded maps (panoptic, ADE20K full)."""
-    with Image.open(path) as im:
-        return np.array(im)
+    16-bit PNG/TIFF, HxWx3 uint8 for RGB-encoded maps (panoptic, ADE20K full).
+
+    Raises:
+        ConversionError: the file is missing, empty, truncated or not an image; names it.
+    """
+    return read_image_array(path)
+
+
+def read_image_array(path: str, mode: str | None = None) -> np.ndarray:
+    """The pixels of an image file, converted to ``mode`` when given (e.g. ``"RGB"``).
+
+    Raises:
+        ConversionError: the file is missing, empty, truncated or not an image; names it.
+    """
+    if not os.path.isfile(path):
+        raise ConversionError(path, "missing")
+    if os.path.getsize(path) == 0:
+        raise ConversionError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert(mode) if mode else im)
+    except UnidentifiedImageError as e:
+        raise ConversionError(path, "not an image (unknown format or corrupt header)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise ConversionError(path, f"cannot read it ({type(e).__name__}: {e})") from e
+
+
+def read_json(path: str, hint: str) -> dict:
+    """A JSON file's content; ``ValueError`` naming the file (and ``hint``: what to download)
+    when it is missing or not valid JSON."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: {hint}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e} ({hint})") from e
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to ``PATH.tmp``, then renamed to ``path``; removed on failure."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_image(path: str, image: np.ndarray, format: str) -> None:
+    """Writes an image array in ``format`` (a PIL format name: ``"PNG"``, ``"JPEG"``...)."""
+    picture = Image.fromarray(image)
+    _write_atomically(path, lambda tmp: picture.save(tmp, format=format))
 
 
 def write_label_png(path: str, labels: np.ndarray) -> None:
     """Writes a uint8 label map as a single-channel (``L``) PNG."""
     if labels.dtype != np.uint8:
         raise ValueError(f"uint8 labels expected for {path}, got {labels.dtype}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(labels).save(path)  # 2-D uint8 -> mode "L"
+    write_image(path, labels, "PNG")  # 2-D uint8 -> mode "L"
 
 
 def write_label_tiff16(path: str, labels: np.ndarray) -> None:
     """Writes a uint16 label map as a 16-bit TIFF (read back by PIL as mode ``I;16``)."""
     if labels.dtype != np.uint16:
         raise ValueError(f"uint16 labels expected for {path}, got {labels.dtype}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(labels).save(path, format="TIFF")
+    write_image(path, labels, "TIFF")
 
 
 def write_panoptic_png(path: str, segment_ids: np.ndarray) -> None:
@@ -50,16 +113,18 @@ def write_panoptic_png(path: str, segment_ids: np.ndarray) -> None:
 
     if segment_ids.min() < 0 or segment_ids.max() >= 2**24:
         raise ValueError("panoptic segment ids must lie in [0, 2**24)")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(id2rgb(segment_ids.astype(np.int64))).save(path)
+    write_image(path, id2rgb(segment_ids.astype(np.int64)).astype(np.uint8), "PNG")
 
 
 def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)  # never leave a half-written annotation file behind
+    """Writes ``data`` as JSON (atomically: never a half-written annotation file)."""
+    encoded = json.dumps(data)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(encoded)
+
+    _write_atomically(path, write)
 
 
 def lookup_table(mapping: dict[int, int], size: int, fill: int, dtype) -> np.ndarray:

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from .label_io import lookup_table, read_label_map, write_label_png, write_label_tiff16
+from .progress import ConversionRun
 
 __all__ = [
     "pascal_context_459_labels",
@@ -100,6 +101,7 @@ def prepare_pascal_context(
     labels_file: str | None = None,
     labels_59_file: str | None = None,
     overwrite: bool = False,
+    run: ConversionRun | None = None,
 ) -> int:
     """Writes ``VOCdevkit/VOC2010/annotations_detectron2/{pc459_val/*.tif, pc59_val/*.png}``.
 
@@ -109,12 +111,14 @@ def prepare_pascal_context(
         labels_file: ``labels.txt`` (default ``VOC2010/labels.txt``).
         labels_59_file: ``59_labels.txt`` (default ``VOC2010/59_labels.txt``).
         overwrite: Rewrite existing outputs.
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it).
 
     Returns:
         The number of images converted.
     """
     import scipy.io
 
+    run = run if run is not None else ConversionRun()
     voc = os.path.join(root, "VOCdevkit", "VOC2010")
     split_file = split_file or os.path.join(voc, "ImageSets", "Main", "val.txt")
     labels_file = labels_file or os.path.join(voc, "labels.txt")
@@ -127,27 +131,38 @@ def prepare_pascal_context(
     )
     ids = _read_split(split_file, "unpack VOCtrainval_03-May-2010.tar into <root>/VOCdevkit")
     out = os.path.join(voc, "annotations_detectron2")
+    if not os.path.isdir(os.path.join(voc, "trainval")):
+        raise ValueError(
+            f"{os.path.join(voc, 'trainval')} does not exist: unpack PASCAL Context's "
+            f"trainval.tar.gz into {voc}"
+        )
     converted = 0
-    for image_id in ids:
+    for image_id in run.track(ids, total=len(ids)):
         mat = os.path.join(voc, "trainval", image_id + ".mat")
-        if not os.path.isfile(mat):
-            raise ValueError(
-                f"{mat} is missing: unpack PASCAL Context's trainval.tar.gz into {voc}"
-            )
         dst459 = os.path.join(out, "pc459_val", image_id + ".tif")
         dst59 = os.path.join(out, "pc59_val", image_id + ".png")
-        if not overwrite and os.path.exists(dst459) and os.path.exists(dst59):
-            continue
-        label_map = scipy.io.loadmat(mat)["LabelMap"]
-        write_label_tiff16(dst459, pascal_context_459_labels(label_map))
-        write_label_png(dst59, pascal_context_59_labels(label_map, source_ids))
-        converted += 1
+        with run.file(mat):
+            if not overwrite and os.path.exists(dst459) and os.path.exists(dst59):
+                continue
+            if not os.path.isfile(mat):
+                raise FileNotFoundError("missing from PASCAL Context's trainval.tar.gz")
+            label_map = scipy.io.loadmat(mat)["LabelMap"]
+            write_label_tiff16(dst459, pascal_context_459_labels(label_map))
+            write_label_png(dst59, pascal_context_59_labels(label_map, source_ids))
+            converted += 1
     return converted
 
 
-def prepare_pascal_voc(root: str, *, split: str = "val", overwrite: bool = False) -> int:
+def prepare_pascal_voc(
+    root: str, *, split: str = "val", overwrite: bool = False, run: ConversionRun | None = None
+) -> int:
     """Writes ``VOCdevkit/VOC2012/annotations_detectron2/{pas21,pas20}_<split>/*.png``; returns
-    the number of images converted."""
+    the number of images converted.
+
+    Args:
+        run: Progress and bad-file policy (default: stop at the first bad file, naming it).
+    """
+    run = run if run is not None else ConversionRun()
     voc = os.path.join(root, "VOCdevkit", "VOC2012")
     ids = _read_split(
         os.path.join(voc, "ImageSets", "Segmentation", split + ".txt"),
@@ -155,15 +170,19 @@ def prepare_pascal_voc(root: str, *, split: str = "val", overwrite: bool = False
     )
     out = os.path.join(voc, "annotations_detectron2")
     converted = 0
-    for image_id in ids:
+    for image_id in run.track(ids, total=len(ids)):
+        src = os.path.join(voc, "SegmentationClass", image_id + ".png")
         dst21 = os.path.join(out, f"pas21_{split}", image_id + ".png")
         dst20 = os.path.join(out, f"pas20_{split}", image_id + ".png")
-        if not overwrite and os.path.exists(dst21) and os.path.exists(dst20):
-            continue
-        label = read_label_map(os.path.join(voc, "SegmentationClass", image_id + ".png"))
-        if label.ndim != 2:
-            raise ValueError(f"SegmentationClass/{image_id}.png is not a palette (index) image")
-        write_label_png(dst21, pascal_voc_21_labels(label))
-        write_label_png(dst20, pascal_voc_20_labels(label))
-        converted += 1
+        with run.file(src):
+            if not overwrite and os.path.exists(dst21) and os.path.exists(dst20):
+                continue
+            label = read_label_map(src)
+            if label.ndim != 2 or label.dtype != np.uint8:
+                raise ValueError(
+                    f"not a palette (index) image: {label.dtype} of shape {label.shape}"
+                )
+            write_label_png(dst21, pascal_voc_21_labels(label))
+            write_label_png(dst20, pascal_voc_20_labels(label))
+            converted += 1
     return converted
