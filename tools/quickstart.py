@@ -35,7 +35,11 @@ class Plan:
         default_factory=lambda: {"sa1b": 1000, "captions": 1000, "eval": 100, "pretrain": 3000}
     )
     image_size: int = 256
-    clip_args: list = field(default_factory=lambda: ["--time-budget", "240"])
+    # A fixed step count, not a time budget: the result must not depend on the machine's speed
+    # or load (about 1 s per step on 2 quiet cores).
+    clip_args: list = field(default_factory=lambda: ["--max-steps", "240"])
+    # Seeds the world and every training run (CLIP, stage 1, stage 2, data order).
+    seed: int = 0
     # Measured on 2 quiet cores (0.33 s per iteration): 1-point oracle IoU 48 after 300
     # iterations, 65 after 1200, 69 after 2400 (the fixed-disc baseline: 56). 1200 keeps the
     # whole quickstart near 13 minutes.
@@ -126,6 +130,7 @@ class Quickstart:
         return command + [
             "MODEL.UNIOVSEG.CLIP.PRETRAINED", self.clip,
             "OUTPUT_DIR", output_dir,
+            "SEED", str(self.plan.seed),
             *self.plan.extra_opts,
             *opts,
         ]  # fmt: skip
@@ -140,7 +145,7 @@ class Quickstart:
                 "--root",
                 self.world,
                 "--seed",
-                "0",
+                str(self.plan.seed),
                 "--num-sa1b",
                 str(counts["sa1b"]),
                 "--num-captions",
@@ -165,6 +170,8 @@ class Quickstart:
                 self.world,
                 "--output",
                 self.clip,
+                "--seed",
+                str(self.plan.seed),
                 *self.plan.clip_args,
             ),  # fmt: skip
         )
@@ -283,6 +290,66 @@ class Quickstart:
         self.run("9_demo", command)
 
     # ------------------------------------------------------------------ the table
+    def open_vocab_metrics(self, folder: str) -> dict:
+        """mIoU (all, thing and stuff classes), PQ, PQ_th and PQ_st of one evaluation."""
+        with open(os.path.join(self.stage_dir(folder), "eval_results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+        with open(os.path.join(self.world, "eval", "categories.json"), encoding="utf-8") as f:
+            categories = json.load(f)
+        sem = results["synthetic_sem_seg_val"]["sem_seg"]
+        pan = results["synthetic_panoptic_val"]["panoptic_seg"]
+
+        def mean_iou(things: bool) -> float:
+            # Classes absent from the evaluated images have no IoU (null in the JSON).
+            values = [
+                sem.get(f"IoU-{c['name']}") for c in categories if bool(c["isthing"]) == things
+            ]
+            values = [v for v in values if v is not None]
+            return sum(values) / len(values) if values else float("nan")
+
+        def number(value) -> float:
+            return float("nan") if value is None else float(value)
+
+        return {
+            "mIoU": number(sem["mIoU"]),
+            "mIoU_things": mean_iou(True),
+            "mIoU_stuff": mean_iou(False),
+            **{k: number(pan.get(k)) for k in ("PQ", "PQ_th", "PQ_st")},
+        }
+
+    def alignment_verdict(self) -> str:
+        """One line comparing the aligned model with the baseline; loud when it is worse."""
+        base = self.open_vocab_metrics("eval_baseline")
+        aligned = self.open_vocab_metrics("eval_aligned")
+        gains = {k: aligned[k] - base[k] for k in ("mIoU", "mIoU_things", "PQ", "PQ_th")}
+        text = ", ".join(f"{k} {v:+.1f}" for k, v in gains.items())
+        if gains["mIoU"] < 0 or gains["PQ"] < 0:
+            bar = "!" * 78
+            return (
+                f"{bar}\nWARNING: mask-text alignment made the model WORSE than the baseline "
+                f"({text}).\nSee stage2/metrics.json (align_val/*: segment accuracy and "
+                f"embedding spread over iterations) and logs/4_stage2.log.\n{bar}"
+            )
+        return f"mask-text alignment vs the baseline: {text}"
+
+    def results(self) -> dict:
+        """Every number of the final table plus each step's seconds, for scripts (results.json)."""
+        with open(os.path.join(self.stage_dir("eval_promptable"), "eval_results.json")) as f:
+            promptable = json.load(f)["synthetic_promptable_val"]["promptable"]
+        with open(os.path.join(self.output, "promptable_baselines.json")) as f:
+            baselines = json.load(f)
+        seconds = {}
+        for name in sorted(os.listdir(self.steps)):
+            with open(os.path.join(self.steps, name), encoding="utf-8") as f:
+                seconds[name.removesuffix(".done")] = round(json.load(f)["seconds"], 1)
+        return {
+            "seed": self.plan.seed,
+            "baseline": self.open_vocab_metrics("eval_baseline"),
+            "aligned": self.open_vocab_metrics("eval_aligned"),
+            "promptable": {"stage1": promptable, **baselines},
+            "step_seconds": seconds,
+        }
+
     def table(self) -> str:
         def load(path: str) -> dict:
             with open(path, encoding="utf-8") as handle:
@@ -291,12 +358,10 @@ class Quickstart:
         rows = []
         for label, folder in (("baseline (CLIP mask pooling)", "eval_baseline"),
                               ("+ mask-text alignment", "eval_aligned")):  # fmt: skip
-            results = load(os.path.join(self.stage_dir(folder), "eval_results.json"))
-            sem = results["synthetic_sem_seg_val"]["sem_seg"]
-            pan = results["synthetic_panoptic_val"]["panoptic_seg"]
+            m = self.open_vocab_metrics(folder)
             rows.append(
-                f"| {label} | {sem['mIoU']:.1f} | {pan['PQ']:.1f} | {pan['SQ']:.1f} | "
-                f"{pan['RQ']:.1f} |"
+                f"| {label} | {m['mIoU']:.1f} | {m['mIoU_things']:.1f} | {m['mIoU_stuff']:.1f} | "
+                f"{m['PQ']:.1f} | {m['PQ_th']:.1f} | {m['PQ_st']:.1f} |"
             )
         promptable = load(os.path.join(self.stage_dir("eval_promptable"), "eval_results.json"))
         ours = promptable["synthetic_promptable_val"]["promptable"]
@@ -311,8 +376,8 @@ class Quickstart:
         return "\n".join(
             [
                 "Open-vocabulary segmentation on the held-out synthetic images",
-                "| model | mIoU | PQ | SQ | RQ |",
-                "|---|---|---|---|---|",
+                "| model | mIoU | mIoU things | mIoU stuff | PQ | PQ things | PQ stuff |",
+                "|---|---|---|---|---|---|---|",
                 *rows,
                 "",
                 "Promptable segmentation (oracle over the 4 masks of a point)",
@@ -330,6 +395,9 @@ def main() -> None:
     parser.add_argument("--stage1-iters", type=int, help="override the stage-1 iterations")
     parser.add_argument("--stage2-iters", type=int, help="override the stage-2 iterations")
     parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the world and every training run (default 0)"
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every step"
     )
     args = parser.parse_args()
@@ -338,6 +406,7 @@ def main() -> None:
         plan.stage1_iters = args.stage1_iters
     if args.stage2_iters:
         plan.stage2_iters = args.stage2_iters
+    plan.seed = args.seed
     plan.extra_opts = [*plan.extra_opts, *args.opts]
     quickstart = Quickstart(args.output, plan)
     quickstart.generate_world()
@@ -349,11 +418,15 @@ def main() -> None:
     table = quickstart.table()
     with open(os.path.join(quickstart.output, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
+    with open(os.path.join(quickstart.output, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(quickstart.results(), handle, indent=2)
     print("\n" + table + "\n")
+    print(quickstart.alignment_verdict() + "\n")
     print(
         f"[quickstart] finished in {quickstart.elapsed() / 60:.1f} min. Outputs in {args.output}:"
     )
-    print("  results.md (this table), demo/ (pictures), stage1/ and stage2/ (checkpoints, logs),")
+    print("  results.md (this table), results.json (its numbers and each step's seconds),")
+    print("  demo/ (pictures), stage1/ and stage2/ (checkpoints, logs),")
     print("  logs/ (one per step), world/ (the generated data), clip/ (the pretrained CLIP)")
 
 
