@@ -75,6 +75,14 @@ def _pickle_refusal(path: str) -> str:
     )
 
 
+def _check_readable(path: str) -> None:
+    """Refuses pickle files by name and paths that are not files."""
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        raise UnsafeCheckpointError(_pickle_refusal(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+
+
 def read_checkpoint(path: str) -> Any:
     """Reads a checkpoint file without unpickling arbitrary Python objects.
 
@@ -93,10 +101,7 @@ def read_checkpoint(path: str) -> Any:
             ``torch.load(weights_only=True)`` refuses.
         CorruptCheckpointError: the file is truncated, damaged or not a checkpoint.
     """
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeCheckpointError(_pickle_refusal(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+    _check_readable(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -130,10 +135,7 @@ def read_checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
         FileNotFoundError, UnsafeCheckpointError, CorruptCheckpointError: see
             :func:`read_checkpoint`.
     """
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        raise UnsafeCheckpointError(_pickle_refusal(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint {path!r} does not exist (or is not a file).")
+    _check_readable(path)
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
