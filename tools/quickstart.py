@@ -40,9 +40,9 @@ class Plan:
     clip_args: list = field(default_factory=lambda: ["--max-steps", "240"])
     # Seeds the world and every training run (CLIP, stage 1, stage 2, data order).
     seed: int = 0
-    # Measured on 2 quiet cores (0.33 s per iteration): 1-point oracle IoU 48 after 300
-    # iterations, 65 after 1200, 69 after 2400 (the fixed-disc baseline: 56). 1200 keeps the
-    # whole quickstart near 13 minutes.
+    # Measured on 2 cores (0.33-0.52 s per iteration): 1-point oracle IoU 48 after 300
+    # iterations, 64-66 after 1200, 69 after 2400 (the fixed-disc baseline: 56). 1200 keeps the
+    # whole quickstart at 13-19 minutes (18.7 from scratch on 2026-12-06).
     stage1_iters: int = 1200
     stage2_iters: int = 150
     extra_opts: list = field(default_factory=list)
