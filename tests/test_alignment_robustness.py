@@ -133,7 +133,7 @@ def test_monitor_starts_at_the_baseline_and_sees_a_collapse(world):
     assert collapsed["pred_share"] == 1.0
 
 
-def test_monitor_hook_writes_its_scalars_and_the_semantic_fallback(world):
+def test_monitor_reads_semantic_ground_truth_and_checks_its_period(world):
     monitor = AlignmentMonitor(dataset_name="robust_sem_seg_val", num_images=3, period=1)
     assert monitor.period == 1
     images = load_monitor_images("robust_sem_seg_val", 3)
