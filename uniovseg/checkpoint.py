@@ -32,6 +32,8 @@ from typing import IO, Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from uniovseg.atomic_files import atomic_write
+
 __all__ = [
     "CorruptCheckpointError",
     "UniOVSegCheckpointer",
@@ -260,33 +262,10 @@ def remove_stale_temporaries(directory: str) -> list[str]:
 
 
 def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Writes ``path`` through a temporary file in its folder that is renamed over it at the end,
-    so ``path`` is always either its old content or the complete new one."""
-    directory = os.path.dirname(path) or "."
-    # Created with the default permissions (tempfile.mkstemp would make the final checkpoint
-    # owner-only).
-    temporary = _temporary_path(path)
-    try:
-        with open(temporary, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    # Make the rename itself durable; not every platform can open a folder.
-    try:
-        folder = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+    """Writes ``path`` through its hidden temporary file, durably (fsync of the file and of the
+    rename), so ``path`` is always either its old content or the complete new one."""
+    with atomic_write(path, temporary=_temporary_path(path), durable=True) as handle:
+        write(handle)
 
 
 class UniOVSegCheckpointer(DetectionCheckpointer):

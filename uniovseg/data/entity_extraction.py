@@ -35,6 +35,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from uniovseg.atomic_files import atomic_write
+
 __all__ = [
     "GENERIC_NOUNS",
     "PARSER_NAMES",
@@ -460,36 +462,30 @@ def write_manifest_entities(
     check_manifest_paths(manifest, output)
     counts: Counter[str] = Counter()
     bad_lines: list[str] = []
-    tmp = f"{output}.tmp{os.getpid()}"
-    try:
-        # Bytes in and out: a line that is not UTF-8 is copied as it is, not a crash.
-        with open(manifest, "rb") as src, open(tmp, "wb") as dst:
-            for number, raw in enumerate(src, start=1):
-                if not raw.strip():
-                    continue
-                row, reason = _parse_line(raw)
-                if row is None:
-                    counts["copied"] += 1
-                    counts[reason] += 1
-                    if len(bad_lines) < _MAX_LISTED_LINES:
-                        bad_lines.append(f"line {number} ({reason})")
-                    dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
-                    continue
-                if isinstance(row.get("entities"), list) and not overwrite:
-                    counts["kept"] += 1
-                else:
-                    text = row["caption"]
-                    refined = row.get("refined_caption")
-                    if use_refined and isinstance(refined, str) and refined.strip():
-                        text = refined
-                    row["entities"] = parser(text)
-                    counts["parsed"] += 1
-                    counts["empty"] += not row["entities"]
-                dst.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Bytes in and out: a line that is not UTF-8 is copied as it is, not a crash.
+    with open(manifest, "rb") as src, atomic_write(output) as dst:
+        for number, raw in enumerate(src, start=1):
+            if not raw.strip():
+                continue
+            row, reason = _parse_line(raw)
+            if row is None:
+                counts["copied"] += 1
+                counts[reason] += 1
+                if len(bad_lines) < _MAX_LISTED_LINES:
+                    bad_lines.append(f"line {number} ({reason})")
+                dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                continue
+            if isinstance(row.get("entities"), list) and not overwrite:
+                counts["kept"] += 1
+            else:
+                text = row["caption"]
+                refined = row.get("refined_caption")
+                if use_refined and isinstance(refined, str) and refined.strip():
+                    text = refined
+                row["entities"] = parser(text)
+                counts["parsed"] += 1
+                counts["empty"] += not row["entities"]
+            dst.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     if bad_lines:
         reasons = {r: counts[r] for r in _BAD_LINE_REASONS if counts[r]}
         logger.warning(

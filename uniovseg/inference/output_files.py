@@ -27,18 +27,17 @@ run gets :data:`SUMMARY_FILE`. No suffix ends another one, so distinct names (se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 
+from uniovseg.atomic_files import atomic_write
 from uniovseg.modeling.mask_postprocessing import encode_masks_rle, masks_to_boxes
 
 __all__ = [
@@ -129,22 +128,10 @@ def check_output_dir(path: str) -> None:
         raise ValueError(f"cannot write in the output folder {path!r}: {e.strerror or e}") from e
 
 
-def _write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Calls ``write`` on ``PATH.tmp``, then renames it to ``path``; removes it on failure."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _save_png(path: str, array: np.ndarray, **options) -> None:
     image = Image.fromarray(array)
-    _write_atomically(path, lambda f: image.save(f, format="PNG", **options))
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG", **options)
 
 
 def label_map_ignore_value(num_classes: int) -> int:
@@ -266,4 +253,5 @@ def write_json(path: str, data: dict) -> None:
     """Writes ``data`` as JSON atomically (a temporary file renamed into place), so an
     interrupted run never leaves a half-written file."""
     encoded = json.dumps(data).encode("utf-8")  # before opening: a bad value writes nothing
-    _write_atomically(path, lambda f: f.write(encoded))
+    with atomic_write(path) as handle:
+        handle.write(encoded)

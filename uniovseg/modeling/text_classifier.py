@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
+from uniovseg.atomic_files import atomic_write
 from uniovseg.checkpoint import read_checkpoint
 from uniovseg.data.vocabulary import class_synonyms, resolve_vocabulary
 
@@ -432,25 +432,16 @@ class TextClassifier:
     ) -> None:
         if not self.cache_dir:
             return
-        os.makedirs(self.cache_dir, exist_ok=True)
         path = self._disk_path(entries, model_key)
-        # Same folder (os.replace is atomic only within a file system); pid and thread in the
-        # name so that concurrent writers never share a temporary file.
-        tmp_path = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
+        with atomic_write(path) as handle:  # readers see the old file or the new one
             torch.save(
                 {
                     "embeds": weights.embeds.cpu(),
                     "synonym_to_class": weights.synonym_to_class.cpu(),
                     "num_classes": weights.num_classes,
                 },
-                tmp_path,
+                handle,
             )
-            os.replace(tmp_path, path)  # atomic: readers see the old file or the new one
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
 
 
 def _parse_disk_cache(data: object, *, num_classes: int) -> _ClassEmbeddings:

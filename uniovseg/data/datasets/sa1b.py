@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_util
 
+from uniovseg.atomic_files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -239,17 +241,10 @@ def write_sa1b_index(scan: SA1BScan, index_file: str | None = None) -> str:
     if not scan.stems:
         raise ValueError(_no_pair_message(scan))
     index_file = index_file or _default_index_file(scan.root)
-    os.makedirs(os.path.dirname(os.path.abspath(index_file)), exist_ok=True)
-    tmp = f"{index_file}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(_HEADER + "\n")
-            f.write("\n".join(scan.stems))
-            f.write("\n")
-        os.replace(tmp, index_file)  # atomic: a reader never sees half an index
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(index_file, "w", encoding="utf-8") as f:  # never half an index
+        f.write(_HEADER + "\n")
+        f.write("\n".join(scan.stems))
+        f.write("\n")
     logger.info(
         "SA-1B index: %d pairs written to %s (%d files left out)",
         len(scan.stems),

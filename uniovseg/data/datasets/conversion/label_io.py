@@ -7,13 +7,13 @@ half-written output that a re-run would take as done.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from uniovseg.atomic_files import atomic_write
 
 from .progress import ConversionError
 
@@ -73,23 +73,11 @@ def read_json(path: str, hint: str) -> dict:
         raise ValueError(f"cannot read {path}: {e} ({hint})") from e
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to ``PATH.tmp``, then renamed to ``path``; removed on failure."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def write_image(path: str, image: np.ndarray, format: str) -> None:
     """Writes an image array in ``format`` (a PIL format name: ``"PNG"``, ``"JPEG"``...)."""
     picture = Image.fromarray(image)
-    _write_atomically(path, lambda tmp: picture.save(tmp, format=format))
+    with atomic_write(path) as handle:
+        picture.save(handle, format=format)
 
 
 def write_label_png(path: str, labels: np.ndarray) -> None:
@@ -119,12 +107,8 @@ def write_panoptic_png(path: str, segment_ids: np.ndarray) -> None:
 def write_json(path: str, data: dict) -> None:
     """Writes ``data`` as JSON (atomically: never a half-written annotation file)."""
     encoded = json.dumps(data)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(encoded)
-
-    _write_atomically(path, write)
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(encoded)
 
 
 def lookup_table(mapping: dict[int, int], size: int, fill: int, dtype) -> np.ndarray:

@@ -1,0 +1,32 @@
+"""The one atomic writer: the target is its old content or the complete new one, never a part."""
+
+import os
+
+import pytest
+
+from uniovseg.atomic_files import atomic_write
+
+
+def test_success_replaces_and_failure_keeps_the_old_file(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with atomic_write(str(target), "w", encoding="utf-8") as handle:
+        handle.write("old")
+    assert target.read_text() == "old"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write(str(target), "w", encoding="utf-8") as handle:
+            handle.write("half of the n")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert os.listdir(target.parent) == ["out.json"]  # no temporary left behind
+
+
+def test_durable_write_with_a_chosen_temporary(tmp_path):
+    target = tmp_path / "model.pth"
+    temporary = tmp_path / ".model.pth.1.tmp"
+    with atomic_write(str(target), temporary=str(temporary), durable=True) as handle:
+        handle.write(b"weights")
+        assert temporary.is_file() and not target.exists()
+    assert target.read_bytes() == b"weights" and not temporary.exists()
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(str(target), "a"):
+            pass
