@@ -147,3 +147,47 @@ def test_zero_shot_evaluation_reports_both_accuracies(tiny_world, tmp_path):
     assert result["num_images"] == 2 and result["num_segments"] >= 4
     for key in ("crop_accuracy", "mask_pool_accuracy", "majority_baseline"):
         assert 0.0 <= result[key] <= 1.0
+
+
+def test_mosaic_tiles_are_embedded_from_their_own_cells():
+    import open_clip
+
+    from uniovseg.model_zoo import register_open_clip_configs
+
+    pretrain = _tool("pretrain_clip")
+    register_open_clip_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model(MODEL).eval()
+    images = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        for name, p in model.visual.trunk.named_parameters():
+            if name.endswith(".gamma"):  # as pretraining starts (timm's 1e-6: identity blocks)
+                p.fill_(1.0)
+        # One tile per mosaic: the whole-image embedding, as CLIP computes it.
+        single = pretrain.mosaic_embeddings(model, images, grid=1)
+        assert torch.allclose(single, model.encode_image(images), atol=1e-5)
+
+        tiles = pretrain.mosaic_embeddings(model, images, grid=2)
+        # Built by hand: images 0-3 are the top-left, top-right, bottom-left and bottom-right
+        # tiles of the first mosaic; a tile is the mean of its quarter of the dense map.
+        top = torch.cat([images[0], images[1]], dim=-1)
+        bottom = torch.cat([images[2], images[3]], dim=-1)
+        dense = model.visual.trunk.forward_features(torch.cat([top, bottom], dim=-2)[None])
+        half = dense.shape[-1] // 2
+        bottom_right = dense[..., half:, half:].mean(dim=(-2, -1), keepdim=True)
+        expected = model.visual.head(model.visual.trunk.forward_head(bottom_right).flatten(1))
+    assert tiles.shape == single.shape
+    assert torch.allclose(tiles[3], expected[0], atol=1e-5)
+    # The blocks' 7x7 convolutions see across tile borders: a tile is not its image alone.
+    assert not torch.allclose(tiles[3], single[3], atol=1e-3)
+
+
+def test_pretraining_with_mosaics_runs(tiny_world, tmp_path):
+    output = str(tmp_path / "clip.pt")
+    _tool("pretrain_clip").main(
+        ["--root", tiny_world, "--output", output, "--max-steps", "1", "--batch-size", "8",
+         "--image-size", "32", "--threads", "1", "--mosaic-grid", "2",
+         "--mosaic-fraction", "1.0"]
+    )  # fmt: skip
+    with open(str(tmp_path / "clip.json"), encoding="utf-8") as f:
+        assert json.load(f)["samples_seen"] == 8
