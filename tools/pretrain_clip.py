@@ -3,8 +3,11 @@
 
 No CLIP weights can be downloaded here, so the synthetic world ships its own stand-in: a small
 ConvNeXt image tower and a small text transformer (``uniovseg_synthetic_clip``), trained with the
-CLIP loss on ``<root>/pretrain/captions.jsonl``. The output is a plain open_clip state dict that
-loads exactly like real weights::
+CLIP loss on ``<root>/pretrain/captions.jsonl``. Half of each batch is embedded as tiles of 2x2
+mosaics, by pooling the mosaic's dense map over each tile (``--mosaic-grid``,
+``--mosaic-fraction``): segmentation reads CLIP through mask pooling on whole scenes, which a
+CLIP trained on single small images alone does poorly. The output is a plain open_clip state
+dict that loads exactly like real weights::
 
     python tools/pretrain_clip.py --root datasets/synthetic --output output/synthetic_clip.pt
     # then: MODEL.UNIOVSEG.CLIP.MODEL_NAME uniovseg_synthetic_clip
