@@ -4,6 +4,9 @@
 Example::
 
     python datasets/prepare_synthetic.py --root datasets/synthetic --seed 0
+    # caption rows also carry their ground-truth entities (a perfect parser's; stage 2 with
+    # ENTITY_SOURCE auto then uses them instead of parsing)
+    python datasets/prepare_synthetic.py --root datasets/synthetic --seed 0 --entities refined
 
 The layout is documented in :mod:`uniovseg.data.synthetic.generate`; the datasets are registered
 by ``uniovseg.data.datasets`` from ``$UNIOVSEG_SYNTHETIC_ROOT`` (default ./datasets/synthetic).
@@ -36,6 +39,13 @@ def main(argv=None) -> None:
         help="rendering processes (the output does not depend on it)",
     )
     parser.add_argument(
+        "--entities",
+        choices=("caption", "refined"),
+        default="",
+        help="also write each caption row's ground-truth entities, of its refined caption or of "
+        "its noisy caption (stage 2 then uses them with ENTITY_SOURCE auto/manifest)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a world already in --root"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -53,6 +63,7 @@ def main(argv=None) -> None:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         workers=args.workers,
+        entities=args.entities,
     )
     total = sum(summary.images.values())
     print(f"world '{world.name}' (seed {args.seed}, {args.image_size}px) written to {args.root}")

@@ -56,12 +56,33 @@ def test_entity_sources_refined_caption_and_limits(image_file):
         "refined_caption": "a black dog and a white cat on a sofa",
         "entities": ["Tabby  Cat", "sofa", "tabby cat"],
     }
-    assert _mapper()(row)["entities"] == ["black dog", "white cat", "sofa"]
-    assert _mapper(max_entities=2)(row)["entities"] == ["black dog", "white cat"]
-    unrefined = _mapper(use_refined=False, skip_without_entities=False)(row)
-    assert unrefined["entities"] == [] and unrefined["caption"] == "a blurry picture"
+    parsed = _mapper(entity_source="parser")(row)
+    assert parsed["entities"] == ["black dog", "white cat", "sofa"]
+    assert parsed["entity_source"] == "rule"
+    assert _mapper(entity_source="parser", max_entities=2)(row)["entities"] == [
+        "black dog",
+        "white cat",
+    ]
+    unrefined = _mapper(entity_source="parser", use_refined=False, skip_without_entities=False)
+    assert unrefined(row)["entities"] == [] and unrefined(row)["caption"] == "a blurry picture"
     manifest = _mapper(entity_source="manifest", entity_parser=None)(row)
     assert manifest["entities"] == ["tabby cat", "sofa"]  # as given: normalised, de-duplicated
+    assert manifest["entity_source"] == "manifest"
+    missing = _mapper(entity_source="manifest", entity_parser=None, skip_without_entities=False)
+    assert missing({**row, "entities": None})["entities"] == []
+
+
+def test_auto_entity_source_uses_manifest_entities_when_a_row_has_them(image_file):
+    mapper = _mapper()  # entity_source="auto", the default
+    row = {"file_name": image_file, "caption": "a black dog on a sofa"}
+    with_entities = mapper({**row, "entities": ["Tabby Cat"]})
+    assert with_entities["entities"] == ["tabby cat"]
+    assert with_entities["entity_source"] == "manifest"
+    without = mapper(row)
+    assert without["entities"] == ["black dog", "sofa"] and without["entity_source"] == "rule"
+    # An LLM that found nothing is an answer: the row is skipped, not parsed again.
+    assert mapper({**row, "entities": []}) is None
+    assert dict(mapper.skip_counts) == {"no_entities": 1}
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path, image_file):
@@ -81,6 +102,8 @@ def test_invalid_arguments_are_refused():
         CaptionDatasetMapper(entity_source="llm")
     with pytest.raises(ValueError, match="entity_parser"):
         CaptionDatasetMapper(entity_source="parser", entity_parser=None)
+    with pytest.raises(ValueError, match="entity_parser"):
+        CaptionDatasetMapper(entity_source="auto", entity_parser=None)
 
 
 def test_from_config_and_manifest_rows(tmp_path, image_file):
@@ -111,3 +134,42 @@ def test_from_config_and_manifest_rows(tmp_path, image_file):
     cfg.INPUT.UNIOVSEG.CAPTION.ENTITY_SOURCE = "manifest"
     cfg.INPUT.UNIOVSEG.CAPTION.PARSER = "rule"
     assert CaptionDatasetMapper(cfg).entity_parser is None
+
+
+def test_entity_source_log_records_every_batch_mix(caplog):
+    from detectron2.utils.events import EventStorage
+
+    from uniovseg.data.train_loader import EntitySourceLog
+
+    batches = [
+        [{"entity_source": "manifest"}, {"entity_source": "manifest"}],
+        [{"entity_source": "manifest"}, {"entity_source": "manifest"}],
+        [{"entity_source": "manifest"}, {"entity_source": "rule"}, {"gt_masks": None}],
+    ]
+
+    class Loader(list):
+        resumable_samplers = ["sampler"]
+
+    log = EntitySourceLog(Loader(batches))
+    assert log.resumable_samplers == ["sampler"]
+    fractions = []
+    with caplog.at_level("DEBUG", logger="uniovseg.data.train_loader"), EventStorage() as storage:
+        for i, batch in enumerate(log):
+            assert batch is batches[i]
+            fractions.append(storage.latest()["entities/from_manifest"][0])
+            storage.step()
+    assert fractions == [1.0, 1.0, 0.5]
+    infos = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert infos == [  # the first batch and the change of mix; the repeat at debug level
+        "Entities of this batch: 2/2 manifest",
+        "Entities of this batch: 1/2 manifest, 1/2 rule",
+    ]
+
+
+def test_auto_parser_is_spacy_when_installed_else_rule():
+    from uniovseg.data.entity_extraction import build_entity_parser, find_spacy_model
+
+    parser = build_entity_parser("auto")
+    installed = find_spacy_model()
+    assert parser.name == (f"spacy:{installed}" if installed else "rule")
+    assert build_entity_parser("auto", spacy_model="no_such_pipeline_xyz").name == parser.name

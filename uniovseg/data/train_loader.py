@@ -10,16 +10,22 @@ the number of workers. The same code runs with and without a resume; resuming on
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import numpy as np
 from detectron2.data.build import trivial_batch_collator, worker_init_reset_seed
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage, has_event_storage
 from detectron2.utils.serialize import PicklableWrapper
 from torch.utils.data import DataLoader, Dataset
 
 from .samplers import ResumableBatchSampler, ResumableTrainingSampler, aspect_ratio_group_ids
 
-__all__ = ["build_resumable_train_loader"]
+__all__ = ["EntitySourceLog", "build_resumable_train_loader"]
+
+logger = logging.getLogger(__name__)
 
 # Consecutive entries a mapper may refuse for one index before the loader gives up.
 _MAX_MAPPING_ATTEMPTS = 100
@@ -103,3 +109,38 @@ def build_resumable_train_loader(
     )
     loader.resumable_samplers = [batch_sampler]
     return loader
+
+
+class EntitySourceLog:
+    """Passes batches through, recording where each caption example's entities came from.
+
+    Every batch's mix (the ``entity_source`` key of :class:`~uniovseg.data.caption_mapper.
+    CaptionDatasetMapper` examples: ``"manifest"`` or the parser's name) goes to the event
+    storage as ``entities/from_manifest`` (the fraction of the batch; metrics.json) and to the
+    debug log; the info log gets the first batch and every batch whose set of sources differs
+    from the previous one's, so a run that switches source (e.g. manifest rows running out) says
+    so once instead of on every iteration.
+
+    Args:
+        loader: An iterable of ``list[dict]`` batches; its ``resumable_samplers`` are kept.
+    """
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.resumable_samplers = getattr(loader, "resumable_samplers", [])
+
+    def __iter__(self):
+        previous: frozenset[str] | None = None
+        for batch in self.loader:
+            counts = Counter(x["entity_source"] for x in batch if "entity_source" in x)
+            if counts:
+                total = sum(counts.values())
+                mix = ", ".join(f"{n}/{total} {source}" for source, n in sorted(counts.items()))
+                sources = frozenset(counts)
+                log = logger.info if sources != previous else logger.debug
+                log("Entities of this batch: %s", mix)
+                previous = sources
+                if has_event_storage():  # inside a training loop
+                    fraction = counts["manifest"] / total
+                    get_event_storage().put_scalar("entities/from_manifest", fraction)
+            yield batch

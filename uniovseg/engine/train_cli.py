@@ -58,6 +58,8 @@ training data (config keys; empty = the default under $DETECTRON2_DATASETS, else
                                       $DETECTRON2_DATASETS/captions/captions_entities.jsonl;
                                       write it with: python tools/extract_entities.py
                                       --manifest captions.jsonl --output FILE
+                                      [--backend llm --base-url URL --model NAME]
+                                      (tools/refine_captions.py rewrites captions first)
   evaluation datasets and how to prepare them: datasets/README.md
 
 examples:

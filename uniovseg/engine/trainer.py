@@ -36,7 +36,7 @@ from detectron2.utils.logger import setup_logger
 
 from uniovseg.checkpoint import UniOVSegCheckpointer
 from uniovseg.data.test_image_mapper import TestImageMapper
-from uniovseg.data.train_loader import build_resumable_train_loader
+from uniovseg.data.train_loader import EntitySourceLog, build_resumable_train_loader
 from uniovseg.engine.alignment_monitor import AlignmentMonitor
 from uniovseg.engine.optimizer import build_optimizer
 
@@ -100,8 +100,11 @@ def _resumable_loader(cfg):
 
 def build_train_loader(cfg):
     """The train loader of ``DATASETS.TRAIN``, joined with an image-mask loader when
-    ``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` is set (see the module docstring)."""
+    ``MODEL.UNIOVSEG.ALIGNMENT.MASK_TRAIN_DATASETS`` is set (see the module docstring). Caption
+    batches log where their entities came from (:class:`EntitySourceLog`)."""
     loader = _resumable_loader(cfg)
+    if cfg.INPUT.DATASET_MAPPER_NAME == "caption":
+        loader = EntitySourceLog(loader)
     alignment = cfg.MODEL.UNIOVSEG.ALIGNMENT
     if not alignment.MASK_TRAIN_DATASETS:
         return loader

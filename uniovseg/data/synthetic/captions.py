@@ -5,6 +5,13 @@ varied sentence forms, sometimes with a size or a position, and is noisy at conf
 a present thing is left out, an absent thing is named, a colour is wrong. The vocabulary (class
 names, colour words, phrases, templates) comes from the world definition; only English grammar
 (articles, plurals, number words, lists) is code.
+
+Each caption also comes with its ground-truth entities: what a perfect parser (the paper's
+ChatGPT parser at its best) would extract from that text, noise included (a hallucinated thing or
+a wrong colour is in the text, so it is an entity of it). A named thing gives its descriptive
+words and noun as written ("large red car", "two blue balls" -> "blue balls"; positions are not
+part of an entity); a named background gives its class name ("in front of a brick wall" ->
+"brick"), since its phrases are free text of the world definition that always contain the name.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eigh
 
 @dataclass(frozen=True)
 class CaptionPair:
-    """``caption``: the noisy caption; ``refined``: a noise-free one naming everything visible."""
+    """``caption``: the noisy caption; ``refined``: a noise-free one naming everything visible;
+    ``entities`` / ``refined_entities``: the ground-truth entities of each text (lower case, in
+    order of appearance, de-duplicated; see the module docstring)."""
 
     caption: str
     refined: str
+    entities: tuple[str, ...] = ()
+    refined_entities: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,6 +83,21 @@ def _phrase(world: World, m: _Mention) -> str:
     else:
         core = f"{_NUMBERS[m.count] if m.count < len(_NUMBERS) else m.count} {core}"
     return f"{core} {m.position}" if m.position else core
+
+
+def _entity(world: World, m: _Mention) -> str:
+    """The ground-truth entity of a thing mention: its adjectives and noun, no count/position."""
+    kind = world.things[m.kind]
+    noun = kind.name if m.count == 1 else kind.plural
+    return " ".join(w for w in (m.size, m.color, noun) if w).lower()
+
+
+def _entities(template: str, objects: list[str], background: list[str]) -> tuple[str, ...]:
+    """Entities in the order the template writes objects and background, de-duplicated."""
+    groups = [objects, background]
+    if 0 <= template.find("{background}") < template.find("{objects}"):
+        groups.reverse()
+    return tuple(dict.fromkeys(e for group in groups for e in group))
 
 
 def _join(items: list[str]) -> str:
@@ -157,31 +183,39 @@ def caption_scene(
     if rng.random() < spec.group_prob:
         mentions = _group(mentions)
     objects = _join([_phrase(world, m) for m in mentions])
+    object_entities = [_entity(world, m) for m in mentions]
 
     background, background_np = "", ""
+    picked: list[int] = []
     if stuff_kinds and (rng.random() < spec.background_prob or not objects):
         n = 2 if len(stuff_kinds) > 1 and rng.random() < 0.4 else 1
         picked = stuff_kinds[:n]
         background = " ".join(_choice(rng, world.stuff[k].phrases) for k in picked)
         background_np = _join([_choice(rng, world.stuff[k].noun_phrases) for k in picked])
+    background_entities = [world.stuff[k].name.lower() for k in picked]
     if objects and background:
-        text = _choice(rng, templates["objects_and_background"]).format(
-            objects=objects, background=background
-        )
+        template = _choice(rng, templates["objects_and_background"])
+        text = template.format(objects=objects, background=background)
+        entities = _entities(template, object_entities, background_entities)
     elif objects:
         text = _choice(rng, templates["objects_only"]).format(objects=objects)
+        entities = _entities("{objects}", object_entities, [])
     else:
         text = _choice(rng, templates["background_only"]).format(background_np=background_np)
+        entities = _entities("{background}", [], background_entities)
 
     # Refined: every visible thing with its true colour, every stuff kind, no noise.
-    refined_objects = _join(
-        [_phrase(world, m) for m in _group([_Mention(t.kind, t.color) for t in visible])]
-    )
+    refined_mentions = _group([_Mention(t.kind, t.color) for t in visible])
+    refined_objects = _join([_phrase(world, m) for m in refined_mentions])
     refined_bg = " ".join(world.stuff[k].phrases[0] for k in stuff_kinds)
+    stuff_entities = [world.stuff[k].name.lower() for k in stuff_kinds]
     if refined_objects:
         refined = spec.refined_template.format(objects=refined_objects, background=refined_bg)
+        thing_entities = [_entity(world, m) for m in refined_mentions]
+        refined_entities = _entities(spec.refined_template, thing_entities, stuff_entities)
     else:
         refined = templates["background_only"][0].format(
             background_np=_join([world.stuff[k].noun_phrases[0] for k in stuff_kinds])
         )
-    return CaptionPair(_sentence(text), _sentence(refined))
+        refined_entities = _entities("{background}", [], stuff_entities)
+    return CaptionPair(_sentence(text), _sentence(refined), entities, refined_entities)

@@ -6,7 +6,8 @@ Layout under ``root`` (ids of different sets never collide: set ``k`` uses ``k *
     generation.json                  seed, image size and counts
     sa1b/sa_<id>.jpg, sa_<id>.json   image-mask pairs, SA-1B per-image JSON, no labels
     sa1b/uniovseg_sa1b_index.txt     the SA-1B loader's file index
-    captions/captions.jsonl          image-text pairs (caption manifest), images in captions/images
+    captions/captions.jsonl          image-text pairs (caption manifest), images in captions/images;
+                                     with ``entities=`` also the rows' ground-truth ``entities``
     eval/images/val_<id>.jpg         evaluation images
     eval/semantic/val_<id>.png       uint8 class index, 255 = ignore
     eval/panoptic/val_<id>.png       COCO panoptic PNG (rgb-encoded segment ids)
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 _SPLIT_CODE = {name: k + 1 for k, name in enumerate(SPLITS)}
 _MAX_PER_SPLIT = 1_000_000
 _OUTPUTS = ("sa1b", "captions", "eval", "pretrain", "world.yaml", "generation.json")
+# Which text's ground-truth entities the caption manifests carry ("": none).
+ENTITY_TEXTS = ("", "caption", "refined")
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,16 @@ class _Writer:
     """Generates and writes the images of every set; all per-split rules are parsed (and
     validated) once, before the first image."""
 
-    def __init__(self, root: str, world: World, seed: int, image_size: tuple[int, int]):
+    def __init__(
+        self,
+        root: str,
+        world: World,
+        seed: int,
+        image_size: tuple[int, int],
+        entities: str = "",
+    ):
         self.root, self.world, self.seed, self.hw = root, world, seed, image_size
+        self.entities = entities
         render = world.section("render")
         self.quality = int(render.get("jpeg_quality", 92))
         if not 1 <= self.quality <= 100:
@@ -111,6 +122,7 @@ class _Writer:
         self.render = RenderSpec.from_section(render)
         self.scene_specs = {s: world.scene_spec(s) for s in SPLITS}
         self.caption_specs = {s: world.caption_spec(s) for s in SPLITS}
+        _check_entities(entities, self.caption_specs["captions"].write_refined)
         sa1b = world.section("sa1b", "sa1b")
         self.sa1b_args = {
             "min_area": float(sa1b.get("min_area", 0.0004)),
@@ -140,6 +152,9 @@ class _Writer:
         row = {"image": rel_path, "caption": pair.caption}
         if spec.write_refined:
             row["refined_caption"] = pair.refined
+        if self.entities and split == "captions":
+            entities = pair.refined_entities if self.entities == "refined" else pair.entities
+            row["entities"] = list(entities)
         return row
 
     def sa1b(self, index: int) -> int:
@@ -212,6 +227,16 @@ def _crop_window(rng, mask: np.ndarray, scale) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
+def _check_entities(entities: str, write_refined: bool) -> None:
+    if entities not in ENTITY_TEXTS:
+        raise ValueError(f"entities must be one of {list(ENTITY_TEXTS)}, got {entities!r}.")
+    if entities == "refined" and not write_refined:
+        raise ValueError(
+            "entities='refined' needs refined captions: set captions.write_refined true in the "
+            "world definition, or use entities='caption'."
+        )
+
+
 _worker_writer: _Writer | None = None
 
 
@@ -265,6 +290,7 @@ def generate_synthetic_world(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 1,
+    entities: str = "",
 ) -> GenerationSummary:
     """Generates and writes every set of a synthetic world.
 
@@ -277,6 +303,10 @@ def generate_synthetic_world(
         overwrite: Replace a world already written in ``root`` (only its own files).
         progress: Show a tqdm progress bar.
         workers: Processes rendering in parallel (the output does not depend on it).
+        entities: Also write each caption row's ground-truth ``entities`` (what a perfect parser
+            extracts; see :mod:`.captions`): ``"refined"`` those of ``refined_caption`` (the
+            text stage 2 reads by default), ``"caption"`` those of the noisy caption, ``""``
+            none (stage 2 then parses the captions). Captions and images do not depend on it.
 
     Returns:
         A :class:`GenerationSummary`.
@@ -291,6 +321,7 @@ def generate_synthetic_world(
         n = getattr(counts, split)
         if not 0 <= n < _MAX_PER_SPLIT:
             raise ValueError(f"{split}: count must be in [0, {_MAX_PER_SPLIT}), got {n}.")
+    _check_entities(entities, world.caption_spec("captions").write_refined)
     existing = [p for p in _OUTPUTS if os.path.exists(os.path.join(root, p))]
     if existing and not overwrite:
         raise ValueError(f"{root} already holds {existing}; pass overwrite=True (--overwrite).")
@@ -308,7 +339,7 @@ def generate_synthetic_world(
         os.makedirs(os.path.join(root, sub), exist_ok=True)
 
     start = time.perf_counter()
-    writer = _Writer(root, world, seed, hw)
+    writer = _Writer(root, world, seed, hw, entities)
     total = sum(getattr(counts, s) for s in SPLITS)
     bar = tqdm(total=total, disable=not progress, desc="synthetic world", unit="img")
     pool = mp.Pool(workers, initializer=_init_worker, initargs=(writer,)) if workers > 1 else None
