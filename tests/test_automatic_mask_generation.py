@@ -7,14 +7,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
-from uniovseg.inference import automatic_mask_generator
-from uniovseg.inference.automatic_mask_generator import (
-    AutomaticMaskGenerationEngine,
-    to_sam_records,
-)
-from uniovseg.inference.point_grid import build_point_grid
+from uniovseg.inference.sam_records import to_sam_records, uncompressed_rle
+from uniovseg.modeling import automatic_mask_engine
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskGenerationEngine
+from uniovseg.modeling.image_frame import ImageFrame
 from uniovseg.modeling.open_vocab_inference import soft_masks
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
+from uniovseg.modeling.point_grid import build_point_grid
 
 # ---------------------------------------------------------------- point grid
 
@@ -94,7 +93,7 @@ def _engine(**kwargs):
 
 
 def _generate(engine, net):
-    return engine.generate(net, valid_size=VALID, input_size=INPUT, original_size=ORIGINAL)
+    return engine.generate(net, ImageFrame(ORIGINAL, VALID, INPUT))
 
 
 def test_engine_keeps_objects_and_whole_image_at_original_size():
@@ -176,25 +175,19 @@ def test_mask_probs_are_the_soft_masks_of_the_kept_masks():
     engine, net = _engine(), FakeNetwork()
     plain = _generate(engine, net)
     assert plain.mask_probs is None
-    result = engine.generate(
-        net, valid_size=VALID, input_size=INPUT, original_size=ORIGINAL, return_mask_probs=True
-    )
+    result = engine.generate(net, ImageFrame(ORIGINAL, VALID, INPUT), return_mask_probs=True)
     assert torch.equal(result.masks, plain.masks)
     # What open-vocabulary inference would otherwise compute from the low-res logits.
     expected = resize_mask_logits(
-        result.mask_logits_lowres, input_size=VALID, output_size=ORIGINAL, padded_size=INPUT
+        result.mask_logits_lowres, valid_size=VALID, output_size=ORIGINAL, padded_size=INPUT
     ).sigmoid()
     assert torch.equal(result.mask_probs, expected)
     # Open-vocabulary inference takes them as they are, or resizes the logits itself.
-    sizes = {"valid_size": VALID, "input_size": INPUT}
-    assert soft_masks(result, **sizes) is result.mask_probs
-    assert torch.equal(soft_masks(plain, **sizes), expected)
+    frame = ImageFrame(ORIGINAL, VALID, INPUT)
+    assert soft_masks(result, frame) is result.mask_probs
+    assert torch.equal(soft_masks(plain, frame), expected)
     empty = engine.generate(
-        FakeNetwork(iou_offset=-20.0),
-        valid_size=VALID,
-        input_size=INPUT,
-        original_size=ORIGINAL,
-        return_mask_probs=True,
+        FakeNetwork(iou_offset=-20.0), ImageFrame(ORIGINAL, VALID, INPUT), return_mask_probs=True
     )
     assert empty.mask_probs.shape == (0, *ORIGINAL)
 
@@ -205,13 +198,13 @@ def test_gathering_rows_from_selected_and_plain_pieces():
     plain = torch.arange(12.0).reshape(3, 2, 2)
     chunk = 100 + torch.arange(20.0).reshape(5, 2, 2)
     rows = torch.tensor([0, 2, 3, 4])
-    selection = automatic_mask_generator._select_rows(chunk, torch.isin(torch.arange(5), rows))
-    assert isinstance(selection, automatic_mask_generator._RowSelection)  # most rows kept
+    selection = automatic_mask_engine._select_rows(chunk, torch.isin(torch.arange(5), rows))
+    assert isinstance(selection, automatic_mask_engine._RowSelection)  # most rows kept
     indices = torch.tensor([6, 0, 3, 2, 4])
-    gathered = automatic_mask_generator._gather_rows([plain, selection], indices)
+    gathered = automatic_mask_engine._gather_rows([plain, selection], indices)
     assert torch.equal(gathered, torch.cat([plain, chunk[rows]])[indices])
     # Few rows kept: copied out at once.
-    few = automatic_mask_generator._select_rows(chunk, torch.arange(5) == 1)
+    few = automatic_mask_engine._select_rows(chunk, torch.arange(5) == 1)
     assert torch.equal(few, chunk[1:2])
 
 
@@ -251,13 +244,13 @@ def test_sam_records_binary_and_rle():
 def test_engine_rejects_bad_inputs():
     engine = _engine()
     with pytest.raises(ValueError, match="fit inside"):
-        engine.generate(FakeNetwork(), valid_size=(130, 10), input_size=INPUT, original_size=(5, 5))
+        engine.generate(FakeNetwork(), ImageFrame((5, 5), (130, 10), INPUT))
 
     def bad(point_coords):
         return torch.zeros(1, point_coords.shape[1], 4, 8), torch.zeros(1, point_coords.shape[1], 4)
 
     with pytest.raises(ValueError, match="predict_fn"):
-        engine.generate(bad, valid_size=VALID, input_size=INPUT, original_size=ORIGINAL)
+        engine.generate(bad, ImageFrame(ORIGINAL, VALID, INPUT))
 
 
 def test_engine_from_config():
@@ -343,7 +336,7 @@ def test_sam_generator_refuses_bad_numbers_before_touching_the_model(kwargs, mes
 )
 def test_uncompressed_rle_by_hand_and_through_pycocotools(mask, counts):
     mask = np.array(mask, dtype=bool)
-    rle = automatic_mask_generator.uncompressed_rle(mask)
+    rle = uncompressed_rle(mask)
     assert rle == {"size": list(mask.shape), "counts": counts}
     assert all(type(c) is int for c in rle["counts"])
     compressed = mask_util.frPyObjects(rle, *rle["size"])
@@ -370,8 +363,8 @@ def test_sam_records_uncompressed_rle_decode_to_the_binary_masks():
 # ---------------------------------------------------------------- image crops
 
 from uniovseg.inference import image_crops  # noqa: E402
-from uniovseg.inference.automatic_mask_generator import AutomaticMaskResult  # noqa: E402
-from uniovseg.inference.point_grid import layer_points_per_side  # noqa: E402
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult  # noqa: E402
+from uniovseg.modeling.point_grid import layer_points_per_side  # noqa: E402
 
 
 def test_crop_boxes_of_a_non_square_image_by_hand():
@@ -540,9 +533,9 @@ def _square_decoder(half_size=10.0):
     input pixels centred on it (output 2 the most confident), on the stride-4 grid."""
     from uniovseg.modeling.mask_decoder import MaskDecoderOutput
 
-    def decode(memory, prompts, *, prompt_type, input_size, **_):
+    def decode(encoding, prompts, *, prompt_type, **_):
         assert prompt_type == "point"
-        size = input_size[0] // STRIDE
+        size = encoding.padded_size[0] // STRIDE
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) * STRIDE
         ys, xs = centres[:, None], centres[None, :]
         px, py = prompts[0, :, 0, None, None, None], prompts[0, :, 1, None, None, None]

@@ -158,26 +158,32 @@ def test_synthetic_mask_logits_are_blobs_around_the_prompts_and_pass_the_iou_fil
     assert torch.equal(masks, again)  # deterministic
 
 
-def test_synthetic_patch_replaces_point_outputs_and_restores_the_method():
-    class FakeModel:
-        def decode_prompts(self, features, prompts, *, prompt_type, input_size):
-            from uniovseg.modeling.mask_decoder import MaskDecoderOutput
+def test_synthetic_engine_replaces_point_outputs_and_is_restored():
+    from uniovseg.benchmarking.inputs import SyntheticLogitsEngine, use_synthetic_masks
+    from uniovseg.modeling.automatic_mask_engine import AutomaticMaskGenerationEngine
+    from uniovseg.modeling.image_frame import ImageFrame
 
-            num = 4 if prompt_type == "point" else 1
-            return MaskDecoderOutput(
-                torch.zeros(1, prompts.shape[1], num, 8, 8),
-                torch.zeros(1, prompts.shape[1], num),
-                [],
-            )
+    engine = AutomaticMaskGenerationEngine(points_per_side=1, stability_score_thresh=0.0)
+    seen = []
+
+    def predict(points):  # the real decoder: called, its masks empty
+        seen.append(points)
+        return torch.zeros(1, points.shape[1], 4, 8, 8), torch.zeros(1, points.shape[1], 4)
+
+    class FakeModel:
+        mask_generator, alignment_mask_generator = engine, None
 
     model = FakeModel()
-    points = torch.tensor([[[16.0, 16.0]]])
-    with SyntheticMaskLogits().patch(model):
-        out = model.decode_prompts(None, points, prompt_type="point", input_size=(32, 32))
-        box = model.decode_prompts(None, points, prompt_type="box", input_size=(32, 32))
-    assert out.mask_logits.shape == (1, 1, 4, 8, 8) and out.mask_logits.abs().sum() > 0
-    assert box.mask_logits.abs().sum() == 0  # boxes untouched
-    assert "decode_prompts" not in vars(model)  # the class method is back
+    with use_synthetic_masks(model, SyntheticMaskLogits()):
+        synthetic = model.mask_generator
+        assert isinstance(synthetic, SyntheticLogitsEngine)
+        assert synthetic.points_per_side == 1  # the engine's settings
+        result = synthetic.generate(predict, ImageFrame((32, 32), (32, 32), (32, 32)))
+    assert len(seen) == 1 and len(result) > 0  # real decoder ran, synthetic masks kept
+    assert (
+        engine.generate(predict, ImageFrame((32, 32), (32, 32), (32, 32))).masks.shape[0] == 0
+    )  # the empty real outputs give nothing
+    assert model.mask_generator is engine and model.alignment_mask_generator is None  # restored
 
 
 def test_sa1b_example_has_tight_boxes_and_the_point_grid():

@@ -188,3 +188,44 @@ def test_open_vocabulary_with_no_surviving_mask_gives_empty_outputs(cfg):
     assert output["sem_seg"].shape == (3, 64, 64) and float(output["sem_seg"].abs().sum()) == 0.0
     panoptic, segments = output["panoptic_seg"]
     assert segments == [] and int(panoptic.abs().sum()) == 0
+
+
+def test_the_configured_test_resize_is_honoured(cfg):
+    cfg = cfg.clone()
+    size = cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE
+    cfg.MODEL.UNIOVSEG.TEST.RESIZE_MODE = "shortest_edge"
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = size // 4, size // 2
+    model = build_model(cfg).eval()
+    image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+    padded, frame = model.preprocess_image(image)
+    assert padded.shape[-2:] == (size, size)
+    assert frame.valid_size == (size // 4, round(size // 4 * 1.5))
+    (output,) = model([{"image": image}])
+    assert output["automatic_masks"].masks.shape[1:] == (60, 90)
+
+
+def test_inference_runs_as_named_stages(model):
+    """The benchmarks time the model's own steps (no replay): each runs as a named stage."""
+    from contextlib import contextmanager
+
+    from uniovseg.modeling.inference_stages import observe_stages
+
+    class Recorder:
+        def __init__(self):
+            self.names = []
+
+        @contextmanager
+        def stage(self, name):
+            self.names.append(name)
+            yield
+
+    model.eval()
+    recorder = Recorder()
+    with observe_stages(recorder):
+        model([{"image": torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)}])
+    expected = ["preprocess", "backbone", "pixel_decoder", "mask_decoder", "mask_postprocess"]
+    # With a vocabulary (set by an earlier test on this model), the open-vocabulary stages follow.
+    assert list(dict.fromkeys(recorder.names))[: len(expected)] == expected
+    seen = len(recorder.names)
+    model([{"image": torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)}])
+    assert len(recorder.names) == seen  # nothing is observed outside the block

@@ -275,24 +275,24 @@ def test_panoptic_rejects_bad_thing_classes():
 def test_resize_crops_the_padding_before_resizing():
     logits = torch.full((2, 8, 8), -10.0)
     logits[:, :6, :4] = torch.arange(24.0).reshape(6, 4)  # the valid 6 x 4 input region
-    same = resize_mask_logits(logits, input_size=(6, 4), padded_size=(8, 8), output_size=(6, 4))
+    same = resize_mask_logits(logits, valid_size=(6, 4), padded_size=(8, 8), output_size=(6, 4))
     torch.testing.assert_close(same, logits[:, :6, :4])
     # Stride-2 logits of the padded input, upsampled back to it, then cropped and resized.
     low = logits[:, ::2, ::2]
-    out = resize_mask_logits(low, input_size=(6, 4), padded_size=(8, 8), output_size=(12, 8))
+    out = resize_mask_logits(low, valid_size=(6, 4), padded_size=(8, 8), output_size=(12, 8))
     assert out.shape == (2, 12, 8)
     chunked = resize_mask_logits(
-        low, input_size=(6, 4), padded_size=(8, 8), output_size=(12, 8), chunk_size=1
+        low, valid_size=(6, 4), padded_size=(8, 8), output_size=(12, 8), chunk_size=1
     )
     torch.testing.assert_close(out, chunked)
-    constant = resize_mask_logits(torch.full((1, 4, 4), 3.0), input_size=(3, 4), output_size=(9, 5))
+    constant = resize_mask_logits(torch.full((1, 4, 4), 3.0), valid_size=(3, 4), output_size=(9, 5))
     torch.testing.assert_close(constant, torch.full((1, 9, 5), 3.0))
 
 
 def test_resize_rejects_an_input_larger_than_the_padding():
     with pytest.raises(ValueError, match="does not fit"):
         resize_mask_logits(
-            torch.zeros(1, 4, 4), input_size=(9, 4), padded_size=(8, 8), output_size=(2, 2)
+            torch.zeros(1, 4, 4), valid_size=(9, 4), padded_size=(8, 8), output_size=(2, 2)
         )
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from uniovseg.inference import demo_cli
-from uniovseg.inference.automatic_mask_generator import AutomaticMaskResult
 from uniovseg.inference.predictions import MaskLabels, PromptPrediction
 from uniovseg.inference.upscaling import OutputUpscaler
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult
 from uniovseg.modeling.mask_postprocessing import masks_to_boxes
 
 # A processed image of 100 x 300 (original 1000 x 3000) resized to 32 x 96 in a 96 x 96 input
@@ -21,7 +21,7 @@ from uniovseg.modeling.mask_postprocessing import masks_to_boxes
 UPSCALER = OutputUpscaler(
     processed_size=(100, 300),
     original_size=(1000, 3000),
-    input_size=(32, 96),
+    valid_size=(32, 96),
     padded_size=(96, 96),
 )
 

@@ -218,9 +218,9 @@ def _fake_decoder(model, half_sizes=(2.0, 6.0, 10.0, 14.0), best=2):
     output `best` the most confident."""
     prompt_encoder = model.sem_seg_head.predictor.prompt_encoder
 
-    def decode(pixel_features, prompts, *, prompt_type, input_size, **_):
-        size = pixel_features.mask_features.shape[-1]
-        stride = input_size[0] / size
+    def decode(encoding, prompts, *, prompt_type, **_):
+        size = encoding.decoder_memory.mask_features.shape[-1]
+        stride = encoding.padded_size[0] / size
         centres = (torch.arange(size, dtype=torch.float32) + 0.5) * stride
         ys, xs = centres[:, None], centres[None, :]
         if prompt_type == "point":
@@ -278,7 +278,7 @@ def test_labels_are_the_most_similar_class_of_each_mask(labelled):
     # independent recomputation: region embeddings of the same low-res masks vs text embeddings
     model = ready.model
     low_res = torch.from_numpy(out.low_res_logits).flatten(0, 1)
-    embeds = model.region_embeddings(ready._clip_dense, ready._pixel_features, low_res.sigmoid())
+    embeds = model.region_embeddings(ready.encoding, low_res.sigmoid())
     text, synonym_class = model.open_vocab.text_classifier.class_embeddings()
     similarity = embeds @ text.T  # [K, synonyms]
     per_class = torch.stack([similarity[:, synonym_class == c].max(1).values for c in range(3)], 1)
@@ -392,7 +392,7 @@ def test_package_import_is_light_and_has_no_cycle():
 
 
 def test_no_automatic_mask_gives_empty_labelled_outputs(labelled, image):
-    from uniovseg.inference.automatic_mask_generator import AutomaticMaskGenerationEngine
+    from uniovseg.modeling.automatic_mask_engine import AutomaticMaskGenerationEngine
 
     nothing = AutomaticMaskGenerationEngine(points_per_side=2, pred_iou_thresh=1.01)
     assert len(labelled.generate_automatic_masks(nothing)) == 0

@@ -20,6 +20,7 @@ from uniovseg.config import add_uniovseg_config
 from uniovseg.data.datasets.captions import register_caption_dataset
 from uniovseg.engine.optimizer import build_optimizer
 from uniovseg.model_check import _synthetic_training_example
+from uniovseg.modeling.image_frame import ImageFrame
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 _names = itertools.count()
@@ -89,14 +90,12 @@ def test_default_stage2_trains_only_the_adapter(model, cfg):
 
 def test_region_embeddings_start_exactly_at_the_baseline(model):
     image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)
-    features = model.backbone(model.normalize(image)[None])
-    pixel_features = model.sem_seg_head.forward_features(features)
+    frame = ImageFrame((128, 128), (128, 128), (128, 128))
+    encoding = model.encode(model.normalize(image)[None], [frame])
     masks = torch.rand(7, 32, 32)
     masks[3] = 0.0
-    adapted = model.region_embeddings(features["clip_vis_dense"], pixel_features, masks)
-    baseline = model.region_embeddings(
-        features["clip_vis_dense"], pixel_features, masks, use_adapter=False
-    )
+    adapted = model.region_embeddings(encoding, masks)
+    baseline = model.region_embeddings(encoding, masks, use_adapter=False)
     assert adapted.shape == (7, model.backbone.embed_dim)
     assert torch.equal(adapted, baseline)
     torch.testing.assert_close(adapted.norm(dim=-1), torch.ones(7))
@@ -104,14 +103,14 @@ def test_region_embeddings_start_exactly_at_the_baseline(model):
 
 @pytest.mark.parametrize("case", ["no_entities", "no_masks", "no_pairs"])
 def test_nothing_to_align_gives_an_exact_zero_that_reaches_the_adapter(model, case):
-    aligner = model.aligner
-    saved = (aligner.mask_generator.pred_iou_thresh, aligner.matcher.min_similarity)
+    aligner, engine = model.aligner, model.alignment_mask_generator
+    saved = (engine.pred_iou_thresh, aligner.matcher.min_similarity)
     batch = [_caption_example(), _caption_example()]
     if case == "no_entities":
         for x in batch:
             x["entities"] = []
     elif case == "no_masks":
-        aligner.mask_generator.pred_iou_thresh = 1.5  # a sigmoid never reaches it
+        engine.pred_iou_thresh = 1.5  # a sigmoid never reaches it
     else:
         aligner.matcher.min_similarity = 1.0  # random embeddings never reach cosine 1
     try:
@@ -122,7 +121,7 @@ def test_nothing_to_align_gives_an_exact_zero_that_reaches_the_adapter(model, ca
         grads = _adapter_grads(model)
         assert all(g is not None and torch.all(g == 0) for g in grads.values())
     finally:
-        aligner.mask_generator.pred_iou_thresh, aligner.matcher.min_similarity = saved
+        engine.pred_iou_thresh, aligner.matcher.min_similarity = saved
 
 
 def test_baseline_and_frozen_branch_refuse_the_wrong_batches(model):

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from uniovseg.inference.point_grid import build_point_grid
+from uniovseg.modeling.point_grid import build_point_grid
 
 
 def _synthetic_training_example(size: int) -> dict:

@@ -4,7 +4,7 @@ build time and training-step cost (issue 8). The command-line entry point is
 """
 
 from .flops import StageFlopCounter
-from .inference import PATH_STAGES, STAGE_LABELS, benchmark_inference, run_inference_stages
+from .inference import PATH_STAGES, STAGE_LABELS, benchmark_inference, run_observed
 from .inputs import (
     BenchmarkImage,
     SyntheticMaskLogits,
@@ -38,7 +38,7 @@ __all__ = [
     "load_benchmark_images",
     "plan_items",
     "render_markdown",
-    "run_inference_stages",
+    "run_observed",
     "run_item",
     "run_suite",
     "sa1b_training_example",

@@ -1,10 +1,11 @@
 """Per-stage and end-to-end inference timing of :class:`~uniovseg.modeling.meta_arch.UniOVSeg`.
 
-:func:`run_inference_stages` replays ``UniOVSeg.generate_automatic_masks`` (and the
-open-vocabulary step it ends with) through the model's public methods, one timed stage at a time;
-the model's code is not changed. Because the replay could drift from the model's own path, the
-benchmark also times the real ``model([{"image": ...}])`` for each output kind and reports the
-ratio of the per-run stage sums to it (``stage_sum_over_end_to_end``, expected close to 1).
+Stages are timed on the model's real ``model([{"image": ...}])``: its steps run as named stages
+(:mod:`uniovseg.modeling.inference_stages`) and :func:`run_observed` lets a
+:class:`~uniovseg.benchmarking.timing.StageTimer` (or a FLOP counter) observe them, with a
+device synchronisation at every boundary. The end-to-end times are taken without observer; the
+ratio of the per-run stage sums to them (``stage_sum_over_end_to_end``, expected close to 1)
+shows the cost of those boundaries.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from uniovseg.modeling.meta_arch import automatic_result_to_instances
-from uniovseg.modeling.open_vocab_inference import soft_masks
+from uniovseg.modeling.inference_stages import observe_stages
 
 from .flops import StageFlopCounter
-from .inputs import BenchmarkImage, SyntheticMaskLogits
+from .inputs import BenchmarkImage, SyntheticMaskLogits, use_synthetic_masks
 from .memory import PeakMemoryMeter
 from .timing import StageTimer, summarize, synchronize
 
@@ -31,7 +31,7 @@ __all__ = [
     "benchmark_inference",
     "compile_model",
     "precision_context",
-    "run_inference_stages",
+    "run_observed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,101 +101,35 @@ def compile_model(model) -> list[str]:
 
 
 @torch.no_grad()
-def run_inference_stages(model, image: torch.Tensor, timer: StageTimer) -> int:
-    """One image through the automatic open-vocabulary pipeline, stage by stage.
+def run_observed(model, image: torch.Tensor, observer) -> int:
+    """One image through the model's own automatic open-vocabulary inference, its stages
+    observed by ``observer`` (a :class:`~uniovseg.benchmarking.timing.StageTimer` or
+    :class:`~uniovseg.benchmarking.flops.StageFlopCounter`).
 
-    Mirrors ``UniOVSeg.generate_automatic_masks`` followed by ``OpenVocabInference.__call__``
-    (both semantic and panoptic assembly run, each timed on its own). The open-vocabulary
-    stages run only when the model has a vocabulary.
+    With a vocabulary both semantic and panoptic assembly run (each its own stage); the
+    model's configured outputs are restored afterwards.
 
     Args:
         model: A UniOVSeg model in eval mode.
         image: uint8 [3, H, W] RGB; outputs are at (H, W).
-        timer: Receives the stage times (one call of ``timer.end_run()`` is left to the caller).
+        observer: Receives the stages (one call of ``timer.end_run()`` is left to the caller).
 
     Returns:
         K, the number of masks the automatic generator kept.
     """
-    original_size = (int(image.shape[-2]), int(image.shape[-1]))
-    with timer.stage("preprocess"):
-        images, valid_size = model.resize_for_test(image)
-    input_size = tuple(images.shape[-2:])
-    with timer.stage("backbone"):
-        features = model.backbone(images)
-    with timer.stage("pixel_decoder"):
-        pixel_features = model.sem_seg_head.forward_features(features)
-    with timer.stage("mask_decoder"):
-        decoder_memory = model.prepare_prompt_decoding(pixel_features)
-
-    def predict(point_coords: torch.Tensor):
-        with timer.stage("mask_decoder"):
-            out = model.decode_prompts(
-                decoder_memory, point_coords, prompt_type="point", input_size=input_size
-            )
-        return out.mask_logits, out.iou_logits
-
     open_vocab = model.open_vocab
-    has_vocabulary = open_vocab is not None and open_vocab.text_classifier.num_classes > 0
-    with timer.stage("mask_postprocess"):
-        result = model.mask_generator.generate(
-            predict,
-            valid_size=valid_size,
-            input_size=input_size,
-            original_size=original_size,
-            device=model.device,
-            return_mask_probs=has_vocabulary,
-        )
-        instances = automatic_result_to_instances(result)
-    if not has_vocabulary:
-        return len(result)
-    with timer.stage("region_embedding"):
-        region_embeds = model.region_embeddings(
-            features["clip_vis_dense"], pixel_features, result.mask_logits_lowres.sigmoid()
-        )
-    # As the model: classification and assembly in float32 whatever the inference precision.
-    with torch.autocast(device_type=model.device.type, enabled=False):
-        _open_vocab_stages(
-            open_vocab,
-            result,
-            region_embeds.float(),
-            instances,
-            timer,
-            valid_size=valid_size,
-            input_size=input_size,
-        )
-    return len(result)
-
-
-def _open_vocab_stages(
-    open_vocab,
-    result,
-    region_embeds: torch.Tensor,
-    instances,
-    timer: StageTimer,
-    *,
-    valid_size: tuple[int, int],
-    input_size: tuple[int, int],
-) -> None:
-    """The timed stages of ``OpenVocabInference.__call__`` (both assemblies)."""
-    with timer.stage("classification"):
-        classification = open_vocab.text_classifier.predict(region_embeds)
-        instances.pred_classes = classification.probs.argmax(dim=1)
-        instances.class_scores = classification.probs.max(dim=1).values
-    with timer.stage("mask_resize"):  # the generator's, if it returned them
-        mask_probs = soft_masks(result, valid_size=valid_size, input_size=input_size)
-    with timer.stage("semantic_assembly"):
-        semantic = open_vocab.postprocessor.semantic(
-            mask_probs, classification.probs, mask_scores=result.iou_scores
-        )
-    del semantic  # freed before the panoptic stage, as when only one output is requested
-    with timer.stage("panoptic_assembly"):
-        open_vocab.postprocessor.panoptic(
-            mask_probs,
-            classification.probs,
-            thing_classes=open_vocab.thing_classes,
-            mask_scores=result.iou_scores,
-            void_probs=classification.void_probs,
-        )
+    previous = open_vocab.outputs if open_vocab is not None else ()
+    try:
+        if open_vocab is not None:
+            open_vocab.set_outputs(
+                _OPEN_VOCAB_OUTPUTS["semantic"] + _OPEN_VOCAB_OUTPUTS["panoptic"]
+            )
+        with observe_stages(observer):
+            (output,) = model([{"image": image}])
+    finally:
+        if open_vocab is not None:
+            open_vocab.set_outputs(previous)
+    return len(output["automatic_masks"])
 
 
 def _time_over_images(
@@ -268,18 +202,22 @@ def benchmark_inference(
     has_vocabulary = open_vocab is not None and open_vocab.text_classifier.num_classes > 0
     kinds = ["automatic", "semantic", "panoptic"] if has_vocabulary else ["automatic"]
     num_masks: dict[str, list[int]] = {}
-    patch = synthetic_masks.patch if synthetic_masks is not None else None
+
+    def synthetic() -> AbstractContextManager:
+        if synthetic_masks is None:
+            return nullcontext()
+        return use_synthetic_masks(model, synthetic_masks)
 
     def staged(item: BenchmarkImage) -> None:
         with precision_context(device, dtype):
-            k = run_inference_stages(model, item.image, timer)
+            k = run_observed(model, item.image, timer)
         num_masks.setdefault(item.name, []).append(k)
         timer.end_run()
 
-    with patch(model, timer) if patch else nullcontext():
+    with synthetic():
         _time_over_images(staged, images, repeat=repeat, warmup=warmup, device=device, meter=meter)
-    del timer.records[:warmup], timer.peak_records[:warmup]
-    stage_flops = _count_stage_flops(model, images, dtype=dtype, patch=patch)
+        del timer.records[:warmup], timer.peak_records[:warmup]
+        stage_flops = _count_stage_flops(model, images, dtype=dtype)
     runs = timer.records
     stage_peaks = timer.peak_memory()
     num_masks = {name: ks[-repeat:] for name, ks in num_masks.items()}
@@ -289,7 +227,7 @@ def benchmark_inference(
     }
     logger.info("stages done: %s", {k: round(v["median_ms"]) for k, v in stage_sums.items()})
 
-    padded = [model.resize_for_test(item.image)[0] for item in images]
+    padded = [model.preprocess_image(item.image)[0] for item in images]
     index = {item.name: i for i, item in enumerate(images)}
 
     @torch.no_grad()
@@ -313,7 +251,7 @@ def benchmark_inference(
         for kind in kinds:
             if open_vocab is not None:
                 open_vocab.set_outputs(_OPEN_VOCAB_OUTPUTS[kind])
-            with patch(model) if patch else nullcontext():
+            with synthetic():
                 times, peaks[kind] = _time_over_images(
                     full, images, repeat=repeat, warmup=warmup, device=device, meter=meter
                 )
@@ -349,14 +287,13 @@ def benchmark_inference(
     }
 
 
-def _count_stage_flops(model, images, *, dtype: str, patch) -> dict[str, float]:
+def _count_stage_flops(model, images, *, dtype: str) -> dict[str, float]:
     """One untimed, counted run per image -> stage -> median operation count."""
     counts: dict[str, list[int]] = {}
     for item in images:
         counter = StageFlopCounter()
-        with patch(model, counter) if patch else nullcontext(), counter:
-            with precision_context(model.device, dtype):
-                run_inference_stages(model, item.image, counter)
+        with counter, precision_context(model.device, dtype):
+            run_observed(model, item.image, counter)
         for stage, flops in counter.flops.items():
             counts.setdefault(stage, []).append(flops)
     return {stage: float(statistics.median(values)) for stage, values in counts.items()}

@@ -16,22 +16,26 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from uniovseg.inference.point_grid import build_point_grid
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskGenerationEngine
+from uniovseg.modeling.inference_stages import stage
+from uniovseg.modeling.point_grid import build_point_grid
 
 __all__ = [
     "BenchmarkImage",
+    "SyntheticLogitsEngine",
     "SyntheticMaskLogits",
     "caption_training_example",
     "load_benchmark_images",
     "sa1b_training_example",
     "synthetic_photo",
+    "use_synthetic_masks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -283,37 +287,43 @@ class SyntheticMaskLogits:
         iou_logits = (self.iou_logit + offset).to(dtype)
         return mask_logits, iou_logits
 
-    @contextmanager
-    def patch(self, model, timer=None) -> Iterator[None]:
-        """Within the block, ``model.decode_prompts`` runs the real decoder and then returns
-        these synthetic outputs for point prompts (boxes unchanged).
 
-        Args:
-            model: A :class:`~uniovseg.modeling.meta_arch.UniOVSeg`.
-            timer: Optional :class:`~uniovseg.benchmarking.timing.StageTimer`; the synthetic
-                logits are then timed as stage ``"synthetic_mask_logits"`` (not the decoder's).
-        """
-        original = model.decode_prompts
+class SyntheticLogitsEngine(AutomaticMaskGenerationEngine):
+    """An automatic mask engine with the settings of another whose point-prompt predictions
+    are replaced by :class:`SyntheticMaskLogits` after the real decoder has run (so the
+    decoder's cost is still measured); the replacement is the stage
+    ``"synthetic_mask_logits"``."""
 
-        def decode_prompts(pixel_features, prompts, *, prompt_type, input_size, **kwargs):
-            out = original(
-                pixel_features, prompts, prompt_type=prompt_type, input_size=input_size, **kwargs
-            )
-            if prompt_type != "point":
-                return out
-            context = timer.stage("synthetic_mask_logits") if timer is not None else nullcontext()
-            with context:
-                mask_logits, iou_logits = self(
-                    prompts,
-                    num_outputs=out.mask_logits.shape[2],
-                    lowres_size=tuple(out.mask_logits.shape[-2:]),
-                    input_size=tuple(input_size),
-                    dtype=out.mask_logits.dtype,
+    def __init__(self, engine: AutomaticMaskGenerationEngine, synthetic: SyntheticMaskLogits):
+        # The settings only: every attribute of the engine, validated when it was built.
+        vars(self).update(vars(engine))
+        self.synthetic = synthetic
+
+    def generate(self, predict_fn, frame, **kwargs):
+        def predict(point_coords: torch.Tensor):
+            mask_logits, _ = predict_fn(point_coords)
+            with stage("synthetic_mask_logits"):
+                return self.synthetic(
+                    point_coords,
+                    num_outputs=mask_logits.shape[2],
+                    lowres_size=tuple(mask_logits.shape[-2:]),
+                    input_size=tuple(frame.padded_size),
+                    dtype=mask_logits.dtype,
                 )
-            return out._replace(mask_logits=mask_logits, iou_logits=iou_logits)
 
-        model.decode_prompts = decode_prompts  # instance attribute shadows the method
-        try:
-            yield
-        finally:
-            del model.decode_prompts
+        return super().generate(predict, frame, **kwargs)
+
+
+@contextmanager
+def use_synthetic_masks(model, synthetic: SyntheticMaskLogits) -> Iterator[None]:
+    """Within the block, the model's automatic mask engines (inference and stage-2 alignment)
+    are :class:`SyntheticLogitsEngine` copies of themselves."""
+    names = [n for n in ("mask_generator", "alignment_mask_generator") if getattr(model, n, None)]
+    engines = {name: getattr(model, name) for name in names}
+    try:
+        for name, engine in engines.items():
+            setattr(model, name, SyntheticLogitsEngine(engine, synthetic))
+        yield
+    finally:
+        for name, engine in engines.items():
+            setattr(model, name, engine)

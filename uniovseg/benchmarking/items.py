@@ -27,6 +27,7 @@ from .inputs import (
     caption_training_example,
     load_benchmark_images,
     sa1b_training_example,
+    use_synthetic_masks,
 )
 from .memory import PeakMemoryMeter
 from .workloads import benchmark_text_classifier, benchmark_training_step
@@ -201,7 +202,7 @@ def _run_training(spec: ItemSpec, settings: SuiteSettings) -> dict:
         )
     # Stage 2 matches entities to automatic masks: random weights would give none.
     synthetic = captions and settings.masks == "synthetic"
-    with SyntheticMaskLogits().patch(model) if synthetic else nullcontext():
+    with use_synthetic_masks(model, SyntheticMaskLogits()) if synthetic else nullcontext():
         result = benchmark_training_step(
             model,
             optimizer,

@@ -26,11 +26,11 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from pycocotools import mask as mask_util
 
+from uniovseg.modeling.image_frame import TEST_RESIZE_MODES, inference_frame
+
 __all__ = ["PromptableEvalMapper", "mask_centre_points"]
 
 logger = logging.getLogger(__name__)
-
-_RESIZE_MODES = ("longest_side", "shortest_edge")
 
 
 def mask_centre_points(masks: np.ndarray) -> np.ndarray:
@@ -139,8 +139,8 @@ class PromptableEvalMapper:
                 normalised tensor with zeros.
             include_crowd: Also evaluate ``iscrowd`` regions.
         """
-        if resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {_RESIZE_MODES}, got {resize_mode!r}")
+        if resize_mode not in TEST_RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {TEST_RESIZE_MODES}, got {resize_mode!r}")
         if resize_mode == "shortest_edge" and max_size_test > input_size:
             raise ValueError(
                 f"max_size_test={max_size_test} exceeds input_size={input_size}: resized images "
@@ -170,15 +170,15 @@ class PromptableEvalMapper:
         }
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` of the valid region for an ``(height, width)`` image."""
-        if self.resize_mode == "longest_side":
-            scale = self.input_size / max(height, width)
-            new_h = min(self.input_size, int(height * scale + 0.5))
-            new_w = min(self.input_size, int(width * scale + 0.5))
-            return new_h, new_w
-        return T.ResizeShortestEdge.get_output_shape(
-            height, width, self.min_size_test, self.max_size_test
-        )
+        """``(h, w)`` of the valid region for an ``(height, width)`` image: the model's test
+        resize (:func:`~uniovseg.modeling.image_frame.inference_frame`)."""
+        return inference_frame(
+            (height, width),
+            self.input_size,
+            resize_mode=self.resize_mode,
+            min_size=self.min_size_test,
+            max_size=self.max_size_test,
+        ).valid_size
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)

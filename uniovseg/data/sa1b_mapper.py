@@ -33,7 +33,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils
 from pycocotools import mask as mask_util
 
-from ..inference.point_grid import build_point_grid
+from ..modeling.point_grid import build_point_grid
 from .transforms import ColorAugSSD, sample_scale_jitter_crop
 
 logger = logging.getLogger(__name__)

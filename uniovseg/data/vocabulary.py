@@ -33,7 +33,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 __all__ = [
     "available_vocabularies",
@@ -43,6 +43,7 @@ __all__ = [
     "normalize_vocabulary",
     "parse_vocabulary_string",
     "resolve_vocabulary",
+    "thing_class_indices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -306,3 +307,28 @@ def _load_packaged(name: str) -> tuple[str, ...]:
     )
     logger.debug("Loaded packaged vocabulary %s (%d classes)", name, len(entries))
     return tuple(entries)
+
+
+def thing_class_indices(entries: Sequence[str], thing_classes: Collection[int | str]) -> list[int]:
+    """Thing classes given as indices or names (any synonym, case-insensitive) -> indices.
+
+    Raises:
+        ValueError: a name that is not in the vocabulary (the message lists the classes).
+    """
+    by_name: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        for synonym in class_synonyms(entry):
+            by_name.setdefault(synonym.casefold(), index)
+    indices = []
+    for item in thing_classes:
+        if isinstance(item, str):
+            key = " ".join(item.split()).casefold()
+            if key not in by_name:
+                raise ValueError(
+                    f"thing class {item!r} is not in the vocabulary "
+                    f"({', '.join(class_display_names(entries))})"
+                )
+            indices.append(by_name[key])
+        else:
+            indices.append(int(item))
+    return indices

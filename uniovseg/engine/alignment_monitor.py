@@ -122,13 +122,11 @@ def monitor_metrics(model, images: list[MonitorImage], thing_classes: set[int]) 
     classifier = model.open_vocab.text_classifier
     correct, baseline_correct, labels_all, preds_all, embeds_all = [], [], [], [], []
     for item in images:
-        padded, valid = model.resize_for_test(item.image)
-        features = model.backbone(padded)
-        pixel_features = model.sem_seg_head.forward_features(features)
-        masks = _padded_masks(item.masks.to(padded.device), valid, padded.shape[-1])
-        dense = features["clip_vis_dense"]
-        adapted = model.region_embeddings(dense, pixel_features, masks).float()
-        baseline = model.region_embeddings(dense, pixel_features, masks, use_adapter=False)
+        padded, frame = model.preprocess_image(item.image)
+        encoding = model.encode(padded, [frame])
+        masks = _padded_masks(item.masks.to(padded.device), frame.valid_size, padded.shape[-1])
+        adapted = model.region_embeddings(encoding, masks).float()
+        baseline = model.region_embeddings(encoding, masks, use_adapter=False)
         labels = item.labels.to(adapted.device)
         preds = classifier.predict(adapted).probs.argmax(dim=1)
         baseline_preds = classifier.predict(baseline.float()).probs.argmax(dim=1)

@@ -1,10 +1,10 @@
 """Inference APIs: a segment-anything-shaped predictor and automatic mask generator, image
 reading and drawing helpers.
 
-Exports are resolved lazily (PEP 562): ``uniovseg.modeling.meta_arch`` imports
-``uniovseg.inference.automatic_mask_generator`` while this package initialises, so importing
-the predictor (which imports the modeling package) here would create an import cycle, and
-``import uniovseg.inference`` stays cheap for code that only reads images.
+This layer sits on :mod:`uniovseg.modeling` and is never imported by it (the layered import
+contract in ``pyproject.toml``, checked by ``lint-imports``). Exports are resolved lazily
+(PEP 562) so that ``import uniovseg.inference`` stays cheap (no torch) for code that only
+reads images.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ Uni-OVSeg, so that code written for SAM runs unchanged::
     generator = AutomaticMaskGenerator(predictor, points_per_side=20)
     records = generator.generate(image)          # list of SAM records, by decreasing IoU
 
-The work is done by :class:`~uniovseg.inference.automatic_mask_generator.
-AutomaticMaskGenerationEngine` (point grid, IoU and stability filters, containment-aware NMS)
-on features computed once per image by :class:`~uniovseg.inference.predictor.
-UniOVSegPredictor`. When the predictor has a vocabulary, every record also gets its class.
+It calls only the predictor (segment-anything's layout): the predictor's session encodes each
+image (or crop) once and runs the model's automatic masks (point grid, IoU and stability
+filters, containment-aware NMS: :class:`~uniovseg.modeling.automatic_mask_engine.
+AutomaticMaskGenerationEngine`). When the predictor has a vocabulary, every record also gets
+its class.
 
 ``generate`` is safe on a predictor shared by several threads (see the predictor's "Thread
 safety"): each call works on its own image.
@@ -31,15 +32,6 @@ import logging
 
 import numpy as np
 
-from uniovseg.inference.automatic_mask_generator import (
-    SAM_OUTPUT_MODES,
-    AutomaticMaskGenerationEngine,
-    AutomaticMaskResult,
-    check_integer,
-    check_number,
-    check_threshold,
-    to_sam_records,
-)
 from uniovseg.inference.image_crops import (
     ImageCrop,
     build_image_crops,
@@ -48,8 +40,17 @@ from uniovseg.inference.image_crops import (
     masks_near_crop_edge,
     uncrop_result,
 )
-from uniovseg.inference.point_grid import layer_points_per_side
 from uniovseg.inference.predictions import MaskLabels
+from uniovseg.inference.predictor import UniOVSegPredictor
+from uniovseg.inference.sam_records import SAM_OUTPUT_MODES, to_sam_records
+from uniovseg.modeling.automatic_mask_engine import (
+    AutomaticMaskGenerationEngine,
+    AutomaticMaskResult,
+    check_integer,
+    check_number,
+    check_threshold,
+)
+from uniovseg.modeling.point_grid import layer_points_per_side
 
 __all__ = ["AutomaticMaskGenerator", "automatic_records"]
 
@@ -66,8 +67,8 @@ def automatic_records(
     Args:
         result: Automatic masks of one image.
         output_mode: ``"binary_mask"`` (bool [H, W] arrays), ``"uncompressed_rle"`` or
-            ``"coco_rle"`` (JSON-ready dicts, see :func:`~uniovseg.inference.
-            automatic_mask_generator.to_sam_records`).
+            ``"coco_rle"`` (JSON-ready dicts, see :func:`~uniovseg.inference.sam_records.
+            to_sam_records`).
         labels: Optional :class:`~uniovseg.inference.predictor.MaskLabels` of the K masks.
 
     Returns:
@@ -151,8 +152,6 @@ class AutomaticMaskGenerator:
                 layer's grid at least 1 point per side; ...); the message names the argument
                 and the range.
         """
-        from uniovseg.inference.predictor import UniOVSegPredictor
-
         if point_grids is not None:
             raise ValueError("custom point_grids are not supported; set points_per_side")
         if output_mode not in SAM_OUTPUT_MODES:

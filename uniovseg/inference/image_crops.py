@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torchvision
 
-from .automatic_mask_generator import AutomaticMaskResult
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult
 
 __all__ = [
     "ImageCrop",

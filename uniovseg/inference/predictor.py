@@ -1,8 +1,12 @@
 """``UniOVSegPredictor``: segment-anything's ``SamPredictor`` interface for Uni-OVSeg, plus
 open-vocabulary labels, semantic and panoptic outputs.
 
-``set_image`` runs the frozen CLIP backbone and the pixel decoder once; every later call
-(prompted masks, automatic masks, labels, semantic and panoptic maps) reuses those features.
+A thin session over the model's inference core (``UniOVSeg.encode_image``, ``predict_prompts``,
+``automatic_masks``, ``classify_masks``, ``open_vocab_outputs``): ``set_image`` encodes the
+image once (frozen CLIP backbone, pixel decoder, prompt-decoder memory) and every later call
+(prompted masks, automatic masks, labels, semantic and panoptic maps) reuses that encoding.
+The predictor checks the user's inputs, maps prompts and masks between the original image and
+the model's frame, and converts results to numpy.
 
 Differences from ``SamPredictor`` that a SAM user should know:
 
@@ -35,11 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from uniovseg.data.vocabulary import class_display_names, class_synonyms
-from uniovseg.inference.automatic_mask_generator import (
-    AutomaticMaskGenerationEngine,
-    AutomaticMaskResult,
-)
+from uniovseg.data.vocabulary import class_display_names, thing_class_indices
 from uniovseg.inference.predictions import (
     UNLABELED,
     MaskLabels,
@@ -55,13 +55,13 @@ from uniovseg.inference.prompts import (
     reject_mask_input,
     sam_prompt_arrays,
 )
-from uniovseg.modeling.mask_postprocessing import stability_score
-from uniovseg.modeling.open_vocab_inference import soft_masks
-from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits, semantic_labels
+from uniovseg.modeling.automatic_mask_engine import (
+    AutomaticMaskGenerationEngine,
+    AutomaticMaskResult,
+)
 
 if TYPE_CHECKING:
-    from uniovseg.modeling.mask_decoder import DecoderMemory
-    from uniovseg.modeling.pixel_decoder import PixelDecoderOutput
+    from uniovseg.modeling.image_encoding import ImageEncoding
 
 __all__ = [
     "MaskLabels",
@@ -74,8 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Masks brought to the original size at a time (bounds float copies to this x H0 x W0).
-_RESIZE_CHUNK = 16
 # Slack for prompts that went through a float rescale into the input frame, in input pixels.
 _FRAME_TOLERANCE = 1e-3
 
@@ -107,35 +105,24 @@ def _locked(method):
 
 
 @dataclass
-class _ImageFeatures:
-    """Everything :meth:`UniOVSegPredictor.set_image` computes for one image; owned by the
-    thread that set it.
+class _ImageSession:
+    """One image of :meth:`UniOVSegPredictor.set_image`; owned by the thread that set it.
 
     Attributes:
-        pixel_features: The pixel decoder's outputs for the padded input.
-        decoder_memory: The prompt decoder's prompt-independent memory of them.
-        clip_dense: Dense CLIP features (region classification).
-        original_size: (H0, W0) of the image given.
-        input_size: (h, w) of its resized region inside the padded input.
-        padded_size: (S, S) of the padded input.
+        encoding: The model's encoding of the image (features and frame).
         automatic_cache: ``(engine key, AutomaticMaskResult)`` of the last automatic masks.
     """
 
-    pixel_features: PixelDecoderOutput
-    decoder_memory: DecoderMemory
-    clip_dense: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    padded_size: tuple[int, int]
+    encoding: ImageEncoding
     automatic_cache: tuple | None = None
 
 
 def _image_attribute(name: str, doc: str) -> property:
-    """A read-only property: ``name`` of the calling thread's image, None without one."""
+    """A read-only property: ``name`` of the calling thread's image frame, None without one."""
 
     def get(self):
         state = self._current()
-        return None if state is None else getattr(state, name)
+        return None if state is None else getattr(state.encoding.frame, name)
 
     return property(get, doc=doc)
 
@@ -179,11 +166,11 @@ class UniOVSegPredictor:
                 warning.
         """
         for needed in (
-            "resize_for_test",
-            "backbone",
-            "sem_seg_head",
-            "prepare_prompt_decoding",
-            "decode_prompts",
+            "encode_image",
+            "predict_prompts",
+            "automatic_masks",
+            "classify_masks",
+            "open_vocab_outputs",
             "inference_precision",
         ):
             if not hasattr(model, needed):
@@ -200,8 +187,13 @@ class UniOVSegPredictor:
         self.model = model
         self.cfg = None
         self.transform = ResizeLongestSide(model.test_input_size)
+        if model.test_resize["resize_mode"] != "longest_side":
+            raise ValueError(
+                "UniOVSegPredictor maps prompts with the longest-side test resize; set "
+                "MODEL.UNIOVSEG.TEST.RESIZE_MODE 'longest_side'"
+            )
         self._lock = _model_lock(model)
-        self._local = threading.local()  # .image: the calling thread's _ImageFeatures or None
+        self._local = threading.local()  # .image: the calling thread's _ImageSession or None
 
     @classmethod
     def from_config(
@@ -232,42 +224,9 @@ class UniOVSegPredictor:
             ValueError: the weights file does not exist (checked before anything is built) or is
                 refused; CLIP weights that can be neither found nor downloaded; bad ``opts``.
         """
-        from detectron2.modeling import build_model
+        from uniovseg.modeling.build import build_inference_model
 
-        import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
-        from uniovseg.checkpoint import UniOVSegCheckpointer
-        from uniovseg.config import load_config
-        from uniovseg.model_zoo import resolve_config_file
-        from uniovseg.modeling.build import cfg_without_clip_download
-
-        if len(opts) % 2:
-            raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
-        cfg = load_config(resolve_config_file(config_file), opts)  # plain YAML only: no Python tags
-        if device is not None:
-            cfg.MODEL.DEVICE = device
-        if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(
-                f"device {cfg.MODEL.DEVICE!r} was requested but CUDA is not available here; "
-                "use device='cpu'"
-            )
-        if weights:
-            cfg.MODEL.WEIGHTS = weights
-        cfg.freeze()
-        try:
-            # Before anything is built: a missing checkpoint is reported at once, and CLIP
-            # weights that the checkpoint replaces are neither downloaded nor read. Only the
-            # model is built with that config; `predictor.cfg` stays the user's.
-            build_cfg = cfg_without_clip_download(cfg)
-        except FileNotFoundError as e:
-            raise ValueError(f"cannot load weights: {e}") from None
-        model = build_model(build_cfg)
-        if cfg.MODEL.WEIGHTS:
-            try:
-                # Refuses pickles; reads tensors only (torch.load(weights_only=True)).
-                UniOVSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-            except FileNotFoundError as e:
-                raise ValueError(f"cannot load weights {cfg.MODEL.WEIGHTS!r}: {e}") from e
-        model.eval()
+        model, cfg = build_inference_model(config_file, weights, opts, device)
         predictor = cls(model)
         predictor.cfg = cfg
         return predictor
@@ -277,7 +236,7 @@ class UniOVSegPredictor:
     def device(self) -> torch.device:
         return self.model.device
 
-    def _current(self) -> _ImageFeatures | None:
+    def _current(self) -> _ImageSession | None:
         """The calling thread's image features, or None."""
         return getattr(self._local, "image", None)
 
@@ -287,10 +246,14 @@ class UniOVSegPredictor:
         return self._current() is not None
 
     original_size = _image_attribute("original_size", "(H0, W0) of the thread's image, or None.")
-    input_size = _image_attribute("input_size", "(h, w) of its resized region, or None.")
+    input_size = _image_attribute("valid_size", "(h, w) of its resized region, or None.")
     padded_size = _image_attribute("padded_size", "(S, S) of its padded input, or None.")
-    _pixel_features = _image_attribute("pixel_features", "Its PixelDecoderOutput, or None.")
-    _clip_dense = _image_attribute("clip_dense", "Its dense CLIP features, or None.")
+
+    @property
+    def encoding(self) -> ImageEncoding | None:
+        """The model's encoding of the calling thread's image, or None."""
+        state = self._current()
+        return None if state is None else state.encoding
 
     def reset_image(self) -> None:
         """Forgets the calling thread's image and frees its features."""
@@ -324,23 +287,11 @@ class UniOVSegPredictor:
         self.reset_image()
         # A private copy: read-only arrays (e.g. from PIL) cannot back a tensor safely.
         tensor = torch.from_numpy(np.array(image, dtype=np.uint8, order="C")).permute(2, 0, 1)
-        images, valid = self.model.resize_for_test(tensor)
+        encoding = self.model.encode_image(tensor)
         original = (int(image.shape[0]), int(image.shape[1]))
         # The public transform and the model must agree on the resized size.
-        assert tuple(valid) == self.transform.input_size(original), (valid, original)
-        with self.model.inference_precision():
-            features = self.model.backbone(images)
-            pixel_features = self.model.sem_seg_head.forward_features(features)
-            # Shared by every chunk of prompts of this image (projected keys and values...).
-            decoder_memory = self.model.prepare_prompt_decoding(pixel_features)
-        self._local.image = _ImageFeatures(
-            pixel_features=pixel_features,
-            decoder_memory=decoder_memory,
-            clip_dense=features["clip_vis_dense"],
-            original_size=original,
-            input_size=(int(valid[0]), int(valid[1])),
-            padded_size=(int(images.shape[-2]), int(images.shape[-1])),
-        )
+        assert encoding.frame.valid_size == self.transform.input_size(original), original
+        self._local.image = _ImageSession(encoding)
 
     @contextmanager
     def session(self, image: np.ndarray, image_format: str = "RGB") -> Iterator[UniOVSegPredictor]:
@@ -364,7 +315,7 @@ class UniOVSegPredictor:
         finally:
             self._local.image = previous
 
-    def _require_image(self) -> _ImageFeatures:
+    def _require_image(self) -> _ImageSession:
         state = self._current()
         if state is None:
             raise ValueError(
@@ -500,14 +451,14 @@ class UniOVSegPredictor:
         prompt_type, prompts, single = sam_prompt_arrays(point_coords, point_labels, box, boxes)
         reject_mask_input(mask_input)
         check_prompts_inside(
-            state.original_size,
+            self.original_size,
             points=prompts if prompt_type == "point" else None,
             boxes=prompts if prompt_type == "box" else None,
         )
         if prompt_type == "point":
-            input_prompts = self.transform.apply_coords(prompts, state.original_size)
+            input_prompts = self.transform.apply_coords(prompts, self.original_size)
         else:
-            input_prompts = self.transform.apply_boxes(prompts, state.original_size)
+            input_prompts = self.transform.apply_boxes(prompts, self.original_size)
         outputs = self._predict(
             state,
             prompt_type,
@@ -572,7 +523,7 @@ class UniOVSegPredictor:
         prompt_rows(prompts, width, name)
         prompts = prompts.reshape(-1, width).to(self.device, torch.float32)
         check_prompts_inside(
-            state.input_size,
+            self.input_size,
             points=prompts.cpu().numpy() if prompt_type == "point" else None,
             boxes=prompts.cpu().numpy() if prompt_type == "box" else None,
             frame="input frame (the image resized by predictor.transform)",
@@ -591,7 +542,7 @@ class UniOVSegPredictor:
     @torch.no_grad()
     def _predict(
         self,
-        state: _ImageFeatures,
+        state: _ImageSession,
         prompt_type: str,
         prompts: torch.Tensor,
         *,
@@ -600,69 +551,29 @@ class UniOVSegPredictor:
         with_labels: bool,
     ) -> dict[str, torch.Tensor]:
         """Validated input-frame prompts [N, 2|4] -> tensors [N, M, ...] (see PromptPrediction)."""
-        lowres, iou_probs = self._decode(state, prompt_type, prompts)
+        lowres, iou_logits = self.model.predict_prompts(
+            state.encoding, prompts, prompt_type=prompt_type
+        )
+        lowres, iou_probs = lowres.float(), iou_logits.float().sigmoid()
         if prompt_type == "point" and not multimask_output and lowres.shape[1] > 1:
             best = iou_probs.argmax(dim=1)
             rows = torch.arange(lowres.shape[0], device=lowres.device)
             lowres, iou_probs = lowres[rows, best][:, None], iou_probs[rows, best][:, None]
         num, num_outputs = lowres.shape[:2]
-        masks, stability = self._to_original(state, lowres.flatten(0, 1), return_logits)
+        masks, stability = self.model.masks_at_original_size(
+            state.encoding, lowres.flatten(0, 1), return_logits=return_logits
+        )
         outputs = {
-            "masks": masks.reshape(num, num_outputs, *state.original_size),
+            "masks": masks.reshape(num, num_outputs, *self.original_size),
             "iou_predictions": iou_probs,
             "low_res_logits": lowres,
             "stability_scores": stability.reshape(num, num_outputs),
         }
         if with_labels:
-            labels, scores = self._classify(state, lowres.flatten(0, 1))[:2]
+            labels, scores = self._classify(state, lowres.flatten(0, 1))
             outputs["labels"] = labels.reshape(num, num_outputs)
             outputs["scores"] = scores.reshape(num, num_outputs)
         return outputs
-
-    def _decode(self, state: _ImageFeatures, prompt_type: str, prompts: torch.Tensor):
-        """[N, 2|4] input-frame prompts -> (low-res logits [N, M, h, w], IoU probs [N, M]);
-        prompts are decoded ``model.prompts_per_chunk`` at a time (memory bound only)."""
-        chunk = max(1, int(self.model.prompts_per_chunk))
-        logits, ious = [], []
-        for start in range(0, prompts.shape[0], chunk):
-            with self.model.inference_precision():
-                out = self.model.decode_prompts(
-                    state.decoder_memory,
-                    prompts[start : start + chunk][None],
-                    prompt_type=prompt_type,
-                    input_size=state.padded_size,
-                )
-            logits.append(out.mask_logits[0].float())
-            ious.append(out.iou_logits[0].float().sigmoid())
-        if logits:
-            return torch.cat(logits), torch.cat(ious)
-        encoder = self.model.sem_seg_head.predictor.prompt_encoder
-        num_outputs = encoder.num_multimask_outputs if prompt_type == "point" else 1
-        lowres_size = state.pixel_features.mask_features.shape[-2:]
-        empty = torch.zeros((0, num_outputs, *lowres_size), device=self.device)
-        return empty, torch.zeros((0, num_outputs), device=self.device)
-
-    def _to_original(
-        self, state: _ImageFeatures, lowres: torch.Tensor, return_logits: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[K, h, w] low-res logits -> (masks [K, H0, W0] bool or logits, stability [K])."""
-        engine = self.model.mask_generator
-        dtype = torch.float32 if return_logits else torch.bool
-        size = state.original_size
-        masks = torch.zeros((lowres.shape[0], *size), dtype=dtype, device=self.device)
-        stability = torch.zeros(lowres.shape[0], device=self.device)
-        for start in range(0, lowres.shape[0], _RESIZE_CHUNK):
-            logits = resize_mask_logits(
-                lowres[start : start + _RESIZE_CHUNK],
-                input_size=state.input_size,
-                output_size=state.original_size,
-                padded_size=state.padded_size,
-            )
-            stability[start : start + _RESIZE_CHUNK] = stability_score(
-                logits, engine.stability_score_offset, engine.stability_score_center
-            )
-            masks[start : start + _RESIZE_CHUNK] = logits if return_logits else logits > 0
-        return masks, stability
 
     # ------------------------------------------------------------------ labels
     @_locked
@@ -680,23 +591,20 @@ class UniOVSegPredictor:
         state = self._require_image()
         self._require_vocabulary()
         lowres = torch.as_tensor(mask_logits_lowres, device=self.device)
-        labels, scores, _ = self._classify(state, lowres)
+        labels, scores = self._classify(state, lowres)
         return MaskLabels(labels.cpu().numpy(), scores.cpu().numpy(), self.class_names)
 
-    def _classify(self, state: _ImageFeatures, lowres: torch.Tensor):
-        """[K, h, w] logits -> (labels long [K], scores float [K], RegionClassification|None)."""
+    def _classify(self, state: _ImageSession, lowres: torch.Tensor):
+        """[K, h, w] logits -> (labels long [K], scores float [K])."""
         if lowres.dim() != 3:
             raise ValueError(f"mask logits must be [K, h, w], got {tuple(lowres.shape)}")
         if lowres.shape[0] == 0:
             empty = torch.zeros(0, device=self.device)
-            return empty.long(), empty, None
+            return empty.long(), empty
         with self.model.inference_precision():
-            embeds = self.model.region_embeddings(
-                state.clip_dense, state.pixel_features, lowres.float().sigmoid()
-            )
-        classification = self.model.open_vocab.text_classifier.predict(embeds.float())
+            classification = self.model.classify_masks(state.encoding, lowres)
         scores, labels = classification.probs.max(dim=1)
-        return labels, scores, classification
+        return labels, scores
 
     # ------------------------------------------------------------------ automatic
     @_locked
@@ -716,39 +624,26 @@ class UniOVSegPredictor:
         return self._automatic_masks(self._require_image(), engine)
 
     def _automatic_masks(
-        self, state: _ImageFeatures, engine: AutomaticMaskGenerationEngine | None
+        self, state: _ImageSession, engine: AutomaticMaskGenerationEngine | None
     ) -> AutomaticMaskResult:
         engine = engine if engine is not None else self.model.mask_generator
         key = (id(engine), tuple(sorted(vars(engine).items())))
         if state.automatic_cache is not None and state.automatic_cache[0] == key:
             return state.automatic_cache[1]
-
-        def predict_fn(point_coords: torch.Tensor):
-            with self.model.inference_precision():
-                out = self.model.decode_prompts(
-                    state.decoder_memory,
-                    point_coords,
-                    prompt_type="point",
-                    input_size=state.padded_size,
-                )
-            return out.mask_logits, out.iou_logits
-
-        result = engine.generate(
-            predict_fn,
-            valid_size=state.input_size,
-            input_size=state.padded_size,
-            original_size=state.original_size,
-            device=self.device,
-        )
+        result = self.model.automatic_masks(state.encoding, engine)
         state.automatic_cache = (key, result)
         return result
 
-    def _automatic_probs(self, state: _ImageFeatures, engine):
-        """Automatic masks, their classification and probabilities at the original size."""
+    def _open_vocab_output(self, engine, output: str):
+        """One open-vocabulary output of the current image's automatic masks, or None when
+        there is no mask."""
+        state = self._require_image()
+        self._require_vocabulary()
         result = self._automatic_masks(state, engine)
-        _, _, classification = self._classify(state, result.mask_logits_lowres)
-        mask_probs = soft_masks(result, valid_size=state.input_size, input_size=state.padded_size)
-        return result, classification, mask_probs
+        if len(result) == 0:
+            return None
+        with self.model.inference_precision():
+            return self.model.open_vocab_outputs(state.encoding, result, outputs=(output,))[output]
 
     @_locked
     @torch.no_grad()
@@ -762,15 +657,9 @@ class UniOVSegPredictor:
             :class:`SemanticPrediction`: ``labels`` int64 [H0, W0] class indices (-1 everywhere
             when no automatic mask was found) and ``class_names``.
         """
-        state = self._require_image()
-        self._require_vocabulary()
-        result, classification, mask_probs = self._automatic_probs(state, engine)
-        if classification is None:
-            labels = torch.full(state.original_size, UNLABELED, dtype=torch.long)
-        else:
-            postprocessor = self.model.open_vocab.postprocessor
-            weights = result.iou_scores if postprocessor.semantic_use_mask_scores else None
-            labels = semantic_labels(mask_probs, classification.probs, mask_scores=weights)
+        labels = self._open_vocab_output(engine, "semantic_labels")
+        if labels is None:
+            labels = torch.full(self.original_size, UNLABELED, dtype=torch.long)
         return SemanticPrediction(labels.cpu().numpy(), self.class_names)
 
     @_locked
@@ -786,45 +675,10 @@ class UniOVSegPredictor:
             :class:`PanopticPrediction`: ``panoptic_seg`` int32 [H0, W0] (0 = no segment) and
             ``segments_info`` (``id``, ``category_id``, ``category``, ``isthing``, ``score``).
         """
-        state = self._require_image()
-        self._require_vocabulary()
-        result, classification, mask_probs = self._automatic_probs(state, engine)
+        panoptic = self._open_vocab_output(engine, "panoptic_seg")
+        if panoptic is None:
+            return PanopticPrediction(np.zeros(self.original_size, dtype=np.int32), [])
+        panoptic_seg, segments_info = panoptic
         names = self.class_names
-        if classification is None:
-            panoptic = np.zeros(state.original_size, dtype=np.int32)
-            return PanopticPrediction(panoptic, [])
-        open_vocab = self.model.open_vocab
-        panoptic_seg, segments_info = open_vocab.postprocessor.panoptic(
-            mask_probs,
-            classification.probs,
-            thing_classes=open_vocab.thing_classes,
-            mask_scores=result.iou_scores,
-            void_probs=classification.void_probs,
-        )
         segments = [{**s, "category": names[s["category_id"]]} for s in segments_info]
         return PanopticPrediction(panoptic_seg.cpu().numpy().astype(np.int32), segments)
-
-
-def thing_class_indices(entries: Sequence[str], thing_classes: Collection[int | str]) -> list[int]:
-    """Thing classes given as indices or names (any synonym, case-insensitive) -> indices.
-
-    Raises:
-        ValueError: a name that is not in the vocabulary (the message lists the classes).
-    """
-    by_name: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        for synonym in class_synonyms(entry):
-            by_name.setdefault(synonym.casefold(), index)
-    indices = []
-    for item in thing_classes:
-        if isinstance(item, str):
-            key = " ".join(item.split()).casefold()
-            if key not in by_name:
-                raise ValueError(
-                    f"thing class {item!r} is not in the vocabulary "
-                    f"({', '.join(class_display_names(entries))})"
-                )
-            indices.append(by_name[key])
-        else:
-            indices.append(int(item))
-    return indices

@@ -36,10 +36,12 @@ _VALUE_SEPARATOR = ","
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """(h, w) of an image of (height, width) resized so that its longest side is ``long_side``;
-    the same rounding as :meth:`uniovseg.modeling.meta_arch.UniOVSeg.resize_for_test`."""
-    scale = long_side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    """(h, w) of an image of (height, width) resized so that its longest side is ``long_side``:
+    the model's test resize (:func:`uniovseg.modeling.image_frame.inference_frame`)."""
+    # Imported here: this module stays importable without torch (image and prompt parsing).
+    from uniovseg.modeling.image_frame import inference_frame
+
+    return inference_frame((height, width), long_side).valid_size
 
 
 class ResizeLongestSide:

@@ -8,7 +8,7 @@ gave. The frames, named as in :class:`~uniovseg.inference.image_io.LoadedImage` 
 * original: the upright image file, ``(H0, W0)`` (``LoadedImage.original_size``);
 * processed: the image given to the predictor, ``(H, W)`` (``LoadedImage.size``, which the
   predictor calls its ``original_size``);
-* input and padded: the network's resized region (``predictor.input_size``) inside its padded
+* valid and padded: the network's resized region (``predictor.input_size``) inside its padded
   square (``predictor.padded_size``), where the low-resolution mask logits live.
 
 Masks are re-rendered from the network's low-resolution logits straight at the original size
@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from uniovseg.inference.automatic_mask_generator import AutomaticMaskResult
 from uniovseg.inference.predictions import MaskLabels, PromptPrediction
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult
 from uniovseg.modeling.mask_postprocessing import masks_to_boxes, remove_small_regions
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
 
@@ -59,13 +59,13 @@ class OutputUpscaler:
     Attributes:
         processed_size: ``(H, W)`` of the image the predictions were made on.
         original_size: ``(H0, W0)`` of the original image.
-        input_size: ``(h, w)`` of the processed image's resized region in the network input.
+        valid_size: ``(h, w)`` of the processed image's resized region in the network input.
         padded_size: ``(S, S)`` of the padded network input.
     """
 
     processed_size: tuple[int, int]
     original_size: tuple[int, int]
-    input_size: tuple[int, int]
+    valid_size: tuple[int, int]
     padded_size: tuple[int, int]
 
     def __post_init__(self) -> None:
@@ -85,7 +85,7 @@ class OutputUpscaler:
         return cls(
             processed_size=predictor.original_size,
             original_size=tuple(original_size),
-            input_size=predictor.input_size,
+            valid_size=predictor.input_size,
             padded_size=predictor.padded_size,
         )
 
@@ -136,7 +136,7 @@ class OutputUpscaler:
         """Low-resolution logits [K, h, w] over the padded input -> bool masks [K, H0, W0]."""
         logits = resize_mask_logits(
             torch.as_tensor(lowres_logits).float(),
-            input_size=self.input_size,
+            valid_size=self.valid_size,
             output_size=self.original_size,
             padded_size=self.padded_size,
         )

@@ -44,7 +44,7 @@ phrase of the batch (cross-entropy over ``logit_scale x cos``). ``0`` is the pap
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -52,11 +52,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from scipy.optimize import linear_sum_assignment
-
-from ..inference import automatic_mask_generator as amg
-from .entity_embedding import EntityEmbedder
-from .pixel_decoder import PixelDecoderOutput
-from .region_embedding import clip_dense_at_sizes, embed_regions
 
 __all__ = [
     "AlignmentCost",
@@ -70,10 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# (pixel features of one image, point_coords [1, P, 2]) -> (mask_logits [1, P, M, h, w],
-# iou_logits [1, P, M]): the promptable decoder run on precomputed features.
-DecodePointsFn = Callable[[PixelDecoderOutput, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class AlignmentCost(NamedTuple):
@@ -275,13 +266,16 @@ class MaskTextMatcher:
 
 
 class MaskTextAligner:
-    """The stage-2 training step on a batch of caption images (no parameters of its own).
+    """The stage-2 criterion on a batch of caption images (no parameters of its own), in
+    Mask2Former's ``SetCriterion(outputs, targets)`` shape: the model computes each image's
+    masks and their region embeddings, this matches them to the caption's entities (Eq. 6-7)
+    and returns the loss (Eq. 8).
 
-    Masks come from the automatic mask engine (point grid, IoU and stability filters,
-    containment-aware NMS), the same procedure that produces the masks classified at
+    The model's masks come from the automatic mask engine (point grid, IoU and stability
+    filters, containment-aware NMS), the same procedure that produces the masks classified at
     open-vocabulary inference, so alignment trains on the kind of mask it will name; NMS also
     removes near-duplicates that would compete for one entity, and the filters keep junk masks
-    from stealing matches. Only the ``max_masks`` highest-scored masks are kept.
+    from stealing matches.
     """
 
     @configurable
@@ -289,10 +283,6 @@ class MaskTextAligner:
         self,
         *,
         matcher: MaskTextMatcher,
-        entity_embedder: EntityEmbedder,
-        mask_generator: amg.AutomaticMaskGenerationEngine,
-        ensemble_sizes: Sequence[int] = (),
-        max_masks: int = 100,
         loss_weight: float = 1.0,
         contrastive_weight: float = 0.0,
         contrastive_logit_scale: float = 0.0,
@@ -300,28 +290,18 @@ class MaskTextAligner:
         """
         Args:
             matcher: Cost, Hungarian matching and threshold.
-            entity_embedder: Entity phrases -> text embeddings (cached).
-            mask_generator: Point-grid mask generation for caption images.
-            ensemble_sizes: Input sides of the multi-scale ensemble (Eq. 7); empty = only the
-                training input size (no ensemble).
-            max_masks: At most this many masks per image (highest predicted IoU); 0 = all.
             loss_weight: Weight of Eq. 8's loss (release: 1).
             contrastive_weight: Weight of the contrastive term (beyond the paper; 0 = off).
             contrastive_logit_scale: Its temperature; ``<= 0`` uses CLIP's learned one.
         """
-        if max_masks < 0 or loss_weight < 0 or contrastive_weight < 0:
+        if loss_weight < 0 or contrastive_weight < 0:
             raise ValueError(
-                "ALIGNMENT.MASKS.MAX_MASKS, ALIGNMENT.LOSS_WEIGHT and "
-                f"ALIGNMENT.CONTRASTIVE_WEIGHT must be >= 0, got {max_masks}, {loss_weight}, "
-                f"{contrastive_weight}"
+                "ALIGNMENT.LOSS_WEIGHT and ALIGNMENT.CONTRASTIVE_WEIGHT must be >= 0, got "
+                f"{loss_weight}, {contrastive_weight}"
             )
         if loss_weight == 0 and contrastive_weight == 0:
             raise ValueError("ALIGNMENT.LOSS_WEIGHT and ALIGNMENT.CONTRASTIVE_WEIGHT are both 0")
         self.matcher = matcher
-        self.entity_embedder = entity_embedder
-        self.mask_generator = mask_generator
-        self.ensemble_sizes = tuple(int(s) for s in ensemble_sizes)
-        self.max_masks = int(max_masks)
         self.loss_weight = float(loss_weight)
         self.contrastive_weight = float(contrastive_weight)
         self.contrastive_logit_scale = float(contrastive_logit_scale)
@@ -329,163 +309,93 @@ class MaskTextAligner:
     @classmethod
     def from_config(cls, cfg) -> dict:
         a = cfg.MODEL.UNIOVSEG.ALIGNMENT
-        engine_args = amg.AutomaticMaskGenerationEngine.from_config(cfg)
-        engine_args.update(
-            points_per_side=a.MASKS.POINTS_PER_SIDE,
-            pred_iou_thresh=a.MASKS.PRED_IOU_THRESH,
-            stability_score_thresh=a.MASKS.STABILITY_SCORE_THRESH,
-            min_region_area=0,
-        )
         return {
             "matcher": MaskTextMatcher(cfg),
-            # The classifier's templates: entity targets and class embeddings made alike.
-            "entity_embedder": EntityEmbedder(
-                templates=cfg.MODEL.UNIOVSEG.OPEN_VOCAB.TEMPLATES, cache_size=a.TEXT_CACHE_SIZE
-            ),
-            "mask_generator": amg.AutomaticMaskGenerationEngine(**engine_args),
-            "ensemble_sizes": tuple(a.ENSEMBLE_SIZES),
-            "max_masks": a.MASKS.MAX_MASKS,
             "loss_weight": a.LOSS_WEIGHT,
             "contrastive_weight": a.CONTRASTIVE_WEIGHT,
             "contrastive_logit_scale": a.CONTRASTIVE_LOGIT_SCALE,
         }
 
-    @torch.no_grad()
-    def generate_masks(
-        self,
-        pixel_features: PixelDecoderOutput,
-        decode_points: DecodePointsFn,
-        *,
-        valid_sizes: Sequence[tuple[int, int]],
-        input_size: tuple[int, int],
-    ) -> list[torch.Tensor]:
-        """Point-grid masks of every image, as float {0, 1} [K_b, h, w] at the decoder's mask
-        stride over the padded input frame (K_b may be 0)."""
-        masks = []
-        for b, valid in enumerate(valid_sizes):
-            features_b = PixelDecoderOutput(
-                pixel_features.mask_features[b : b + 1],
-                [f[b : b + 1] for f in pixel_features.multi_scale_features],
-            )
-            stride = input_size[0] / pixel_features.mask_features.shape[-2]
-            # Only the low-res logits are used: ask for "original" masks at that resolution
-            # so the engine does not build full-size copies.
-            lowres_valid = (max(1, round(valid[0] / stride)), max(1, round(valid[1] / stride)))
-            result = self.mask_generator.generate(
-                lambda coords, f=features_b: decode_points(f, coords),
-                valid_size=tuple(valid),
-                input_size=tuple(input_size),
-                original_size=lowres_valid,
-                device=pixel_features.mask_features.device,
-            )
-            logits = result.mask_logits_lowres
-            if self.max_masks:
-                logits = logits[: self.max_masks]  # sorted by decreasing predicted IoU
-            masks.append((logits > 0).to(pixel_features.mask_features.dtype))
-        return masks
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The keys of the losses this criterion returns."""
+        return (
+            ("loss_align", "loss_align_contrastive") if self.contrastive_weight else ("loss_align",)
+        )
 
     def __call__(
         self,
+        outputs: Sequence[dict],
+        targets: Sequence[dict],
         *,
-        backbone,
-        images: torch.Tensor,
-        clip_dense: torch.Tensor,
-        pixel_features: PixelDecoderOutput,
-        valid_sizes: Sequence[tuple[int, int]],
-        entities: Sequence[Sequence[str]],
-        decode_points: DecodePointsFn,
-        adapter,
+        logit_scale: float | torch.Tensor = 1.0,
     ) -> dict[str, torch.Tensor]:
         """Alignment loss of a batch of caption images.
 
         Args:
-            backbone: The frozen CLIP backbone.
-            images: Normalised [B, 3, S, S] padded inputs.
-            clip_dense: [B, C, S / 32, S / 32] ``clip_vis_dense`` of ``images`` at size S.
-            pixel_features: The pixel decoder's output for ``images`` (no gradient needed).
-            valid_sizes: (h, w) of each image's unpadded region.
-            entities: Each image's entity phrases (may be empty).
-            decode_points: Runs the prompt decoder on one image's features (see
-                :data:`DecodePointsFn`).
-            adapter: The :class:`MultiScaleFeatureAdapter` being trained.
+            outputs: Per image: ``num_masks`` (K) and, when the image has masks and entities,
+                ``ensemble_region_embeds`` [S, K, D] (the frozen ``r_i`` at each ensemble input
+                size, for matching) and ``region_embeds`` [K, D] (the adapted ``r'_i``, the
+                embeddings being trained).
+            targets: Per image: ``entities`` (E phrases, may be empty) and ``entity_embeds``
+                [E, D] (their text embeddings).
+            logit_scale: CLIP's temperature, used by the contrastive term when
+                ``contrastive_logit_scale <= 0``.
 
         Returns:
             ``{"loss_align": scalar}``: ``loss_weight`` x the mean of Eq. 8 over the batch's
-            matched pairs; an exact 0 connected to the adapter when there is no pair. With a
-            contrastive weight, also ``"loss_align_contrastive"``: its weight x the mean of
-            :func:`contrastive_alignment_loss` over the same pairs.
+            matched pairs; with a contrastive weight, also ``"loss_align_contrastive"``: its
+            weight x the mean of :func:`contrastive_alignment_loss` over the same pairs. An
+            empty dict when the batch has no pair (the model then returns zeros connected to
+            the adapter).
         """
-        input_size = tuple(images.shape[-2:])
-        masks = self.generate_masks(
-            pixel_features, decode_points, valid_sizes=valid_sizes, input_size=input_size
-        )
-        sizes = self.ensemble_sizes or (input_size[-1],)
-        flat = [e for ents in entities for e in ents]
-        entity_table = dict(zip(flat, self.entity_embedder(backbone, flat), strict=True))
-        adapter_inputs = adapter.select_features(pixel_features)
-
-        has_work = any(len(m) and len(e) for m, e in zip(masks, entities, strict=True))
-        dense_maps = (
-            clip_dense_at_sizes(backbone, images, sizes, known={input_size[-1]: clip_dense})
-            if has_work
-            else []
-        )
-        phrase_rows = {e: i for i, e in enumerate(entity_table)}
+        # The batch's distinct phrases, in order of first appearance (the contrastive table).
+        phrase_rows: dict[str, int] = {}
+        phrase_embeds = []
+        for target in targets:
+            for phrase, embed in zip(target["entities"], target["entity_embeds"], strict=True):
+                if phrase not in phrase_rows:
+                    phrase_rows[phrase] = len(phrase_embeds)
+                    phrase_embeds.append(embed)
         losses, adapted_all, targets_all, num_pairs = [], [], [], 0
-        for b, (masks_b, ents_b) in enumerate(zip(masks, entities, strict=True)):
-            if len(masks_b) == 0 or len(ents_b) == 0:
+        for output, target in zip(outputs, targets, strict=True):
+            if "region_embeds" not in output or len(target["entities"]) == 0:
                 continue
-            text = torch.stack([entity_table[e] for e in ents_b])
-            with torch.no_grad():
-                regions = torch.cat(
-                    [
-                        embed_regions(backbone, dense[b : b + 1], masks_b[None])
-                        for dense in dense_maps
-                    ]
-                )  # [S, K, D]
-            match = self.matcher(regions, text)
+            text = target["entity_embeds"]
+            match = self.matcher(output["ensemble_region_embeds"], text)
             if len(match) == 0:
                 continue
-            adapted = embed_regions(
-                backbone,
-                clip_dense[b : b + 1],
-                masks_b[match.region_indices][None],
-                adapter=adapter,
-                adapter_features={n: f[b : b + 1] for n, f in adapter_inputs.items()},
-            )[0]
+            adapted = output["region_embeds"][match.region_indices]
             losses.append(alignment_loss(adapted, text[match.entity_indices]))
             adapted_all.append(adapted)
-            targets_all.extend(phrase_rows[ents_b[k]] for k in match.entity_indices.tolist())
+            entities = target["entities"]
+            targets_all.extend(phrase_rows[entities[k]] for k in match.entity_indices.tolist())
             num_pairs += len(match)
-        _log_stats(masks, entities, num_pairs)
+        _log_stats(
+            [o["num_masks"] for o in outputs], [len(t["entities"]) for t in targets], num_pairs
+        )
         if not losses:
-            # No pair in the batch: an exact zero that still reaches every adapter parameter,
-            # so DDP's gradient all-reduce stays in step across processes.
-            zero = sum(p.sum() * 0.0 for p in adapter.parameters())
-            out = {"loss_align": zero}
-            if self.contrastive_weight:
-                out["loss_align_contrastive"] = zero
-            return out
+            return {}
         out = {"loss_align": self.loss_weight * torch.cat(losses).mean()}
         if self.contrastive_weight:
             scale = self.contrastive_logit_scale
             contrastive = contrastive_alignment_loss(
                 torch.cat(adapted_all),
-                torch.stack(list(entity_table.values())),
+                torch.stack(phrase_embeds),
                 torch.as_tensor(targets_all, dtype=torch.long, device=adapted_all[0].device),
-                logit_scale=scale if scale > 0 else backbone.logit_scale,
+                logit_scale=scale if scale > 0 else logit_scale,
             )
             out["loss_align_contrastive"] = self.contrastive_weight * contrastive.mean()
         return out
 
 
-def _log_stats(masks: list[torch.Tensor], entities: Sequence[Sequence[str]], pairs: int) -> None:
+def _log_stats(num_masks: list[int], num_entities: list[int], pairs: int) -> None:
     from detectron2.utils.events import get_event_storage, has_event_storage
 
     if not has_event_storage():
         return
     storage = get_event_storage()
-    num = max(1, len(masks))
-    storage.put_scalar("align/masks_per_image", sum(len(m) for m in masks) / num)
-    storage.put_scalar("align/entities_per_image", sum(len(e) for e in entities) / num)
+    num = max(1, len(num_masks))
+    storage.put_scalar("align/masks_per_image", sum(num_masks) / num)
+    storage.put_scalar("align/entities_per_image", sum(num_entities) / num)
     storage.put_scalar("align/pairs_per_image", pairs / num)

@@ -7,20 +7,23 @@ overwrite every one of those weights: the outputs are the same with ``PRETRAINED
 :func:`cfg_without_clip_download` makes that choice, after checking that the checkpoint exists;
 the predictor, the demo and ``train_net.py --eval-only`` call it before ``build_model``
 (training still loads ``PRETRAINED``, which stage 1 needs and stage 2 overwrites).
+:func:`build_inference_model` is the whole path from a config file to a model in eval mode.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
+import torch
 from detectron2.config import CfgNode
 
-from uniovseg.checkpoint import read_checkpoint_shapes
+from uniovseg.checkpoint import UniOVSegCheckpointer, read_checkpoint_shapes
 
 from .open_clip_loading import clip_state_dict_shapes
 
-__all__ = ["CLIP_CHECKPOINT_PREFIX", "cfg_without_clip_download"]
+__all__ = ["CLIP_CHECKPOINT_PREFIX", "build_inference_model", "cfg_without_clip_download"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +97,69 @@ def cfg_without_clip_download(cfg: CfgNode, weights: str | None = None) -> CfgNo
     if cfg.is_frozen():
         adjusted.freeze()
     return adjusted
+
+
+def build_inference_model(
+    config_file: str,
+    weights: str = "",
+    opts: Sequence[str] = (),
+    device: str | None = None,
+) -> tuple[torch.nn.Module, CfgNode]:
+    """Builds the model of a config file, loads its weights and puts it in eval mode.
+
+    Args:
+        config_file: A uniovseg YAML config: a path, or the name of a config packaged with
+            uniovseg (``"stage2/uniovseg_convnext_large_stage2.yaml"``,
+            ``"tiny/stage1_tiny.yaml"``; see :func:`uniovseg.model_zoo.available_configs`),
+            so it works from any folder.
+        weights: Checkpoint path (overrides ``MODEL.WEIGHTS``); empty: ``MODEL.WEIGHTS``
+            from the config/opts, or none (random decoders, CLIP from
+            ``MODEL.UNIOVSEG.CLIP.PRETRAINED``). When the checkpoint holds every CLIP weight
+            (trained and converted checkpoints do), ``MODEL.UNIOVSEG.CLIP.PRETRAINED`` is not
+            loaded: nothing is downloaded.
+        opts: ``KEY VALUE`` config overrides, e.g. ``["MODEL.UNIOVSEG.AUTOMATIC.
+            POINTS_PER_SIDE", "32"]``.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: the config's ``MODEL.DEVICE``.
+
+    Returns:
+        ``(model, cfg)``: the model, and the (frozen) config as the user gave it.
+
+    Raises:
+        FileNotFoundError: ``config_file`` is neither a file nor a packaged config.
+        ValueError: the weights file does not exist (checked before anything is built) or is
+            refused; CLIP weights that can be neither found nor downloaded; bad ``opts``.
+    """
+    from detectron2.modeling import build_model
+
+    import uniovseg.modeling  # noqa: F401  (registers the meta-architecture and backbone)
+    from uniovseg.config import load_config
+    from uniovseg.model_zoo import resolve_config_file
+
+    if len(opts) % 2:
+        raise ValueError(f"opts must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    cfg = load_config(resolve_config_file(config_file), opts)  # plain YAML only: no Python tags
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {cfg.MODEL.DEVICE!r} was requested but CUDA is not available here; "
+            "use device='cpu'"
+        )
+    if weights:
+        cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    try:
+        # Before anything is built: a missing checkpoint is reported at once, and CLIP weights
+        # that the checkpoint replaces are neither downloaded nor read. Only the model is built
+        # with that config; the returned config stays the user's.
+        build_cfg = cfg_without_clip_download(cfg)
+    except FileNotFoundError as e:
+        raise ValueError(f"cannot load weights: {e}") from None
+    model = build_model(build_cfg)
+    if cfg.MODEL.WEIGHTS:
+        try:
+            # Refuses pickles; reads tensors only (torch.load(weights_only=True)).
+            UniOVSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        except FileNotFoundError as e:
+            raise ValueError(f"cannot load weights {cfg.MODEL.WEIGHTS!r}: {e}") from e
+    return model.eval(), cfg

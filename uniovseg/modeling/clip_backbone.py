@@ -22,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from . import region_embedding
 from .clip_text_encoding import can_skip_padding, encode_text_tokens, pooled_token_positions
 from .open_clip_loading import load_open_clip
 
@@ -35,8 +36,6 @@ _STAGE_NAMES = ("res2", "res3", "res4", "res5")
 DENSE_FEATURE_NAME = "clip_vis_dense"
 # CLIP's learned temperature is clamped at 100 (as in CLIP training and FC-CLIP inference).
 _MAX_LOGIT_SCALE = 100.0
-# Lower bound of a mask's total weight in mask pooling: an empty mask pools to zeros, not NaN.
-_MIN_MASK_WEIGHT = 1e-6
 
 
 @BACKBONE_REGISTRY.register()
@@ -165,14 +164,16 @@ class CLIPConvNeXtBackbone(Backbone):
         Each mask's weighted average of the dense map goes through the CLIP trunk head
         (LayerNorm) and the visual head (projection), exactly as CLIP's global average pool does
         for the whole image: a mask of ones gives ``clip_model.encode_image``. Differentiable
-        with respect to both inputs; no gradient reaches the frozen weights.
+        with respect to both inputs; no gradient reaches the frozen weights. The one
+        implementation is :func:`uniovseg.modeling.region_embedding.embed_regions`; this checks
+        the inputs against this backbone and skips the normalisation.
 
         Args:
             dense_features: [B, C, h, w] dense CLIP map (``"clip_vis_dense"`` of :meth:`forward`,
                 possibly adapted), C = ``output_shape()["clip_vis_dense"].channels``.
-            masks: [B, N, H, W] float soft masks with values in [0, 1], at any resolution; resized
-                bilinearly to (h, w). An empty mask yields the embedding of an all-zero feature
-                (finite, never NaN).
+            masks: [B, N, H, W] float soft masks with values in [0, 1], at any resolution;
+                resized to (h, w) by area averaging (see ``region_embedding.resize_masks``). An
+                empty mask yields the embedding of an all-zero feature (finite, never NaN).
 
         Returns:
             [B, N, D] region embeddings, D = :attr:`embed_dim`, not L2-normalised.
@@ -182,26 +183,16 @@ class CLIPConvNeXtBackbone(Backbone):
                 "embed_regions expects dense_features [B, C, h, w] and masks [B, N, H, W], got "
                 f"{tuple(dense_features.shape)} and {tuple(masks.shape)}."
             )
-        batch, channels, height, width = dense_features.shape
         expected_channels = self._out_feature_channels[DENSE_FEATURE_NAME]
-        if channels != expected_channels or masks.shape[0] != batch:
+        if (
+            dense_features.shape[1] != expected_channels
+            or masks.shape[0] != dense_features.shape[0]
+        ):
             raise ValueError(
                 f"embed_regions: dense_features {tuple(dense_features.shape)} must have "
                 f"{expected_channels} channels and masks {tuple(masks.shape)} the same batch size."
             )
-        num_masks = masks.shape[1]
-        masks = masks.to(dense_features.dtype)
-        if masks.shape[-2:] != (height, width):
-            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
-        pooled = torch.einsum("bnhw,bchw->bnc", masks, dense_features)
-        pooled = pooled / masks.sum(dim=(-2, -1)).clamp(min=_MIN_MASK_WEIGHT).unsqueeze(-1)
-
-        # The trunk head pools [*, C, h, w] globally; on a 1x1 map that pooling is the identity,
-        # so feeding it the mask-pooled vectors applies exactly its norm (and any pre-logits).
-        visual = self.clip_model.visual
-        x = visual.trunk.forward_head(pooled.reshape(batch * num_masks, channels, 1, 1))
-        x = visual.head(x.flatten(1))
-        return x.reshape(batch, num_masks, -1)
+        return region_embedding.embed_regions(self, dense_features, masks, normalize=False)
 
     # ------------------------------------------------------------------ text tower
     def encode_text(self, texts: list[str], *, normalize: bool = True) -> torch.Tensor:

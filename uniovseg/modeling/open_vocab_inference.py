@@ -11,39 +11,39 @@ demo and the Python API).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from detectron2.config import configurable
 
+from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult
+from uniovseg.modeling.image_frame import ImageFrame
+from uniovseg.modeling.inference_stages import stage
 from uniovseg.modeling.open_vocab_postprocessing import (
     OpenVocabPostprocessor,
     resize_mask_logits,
     thing_classes_from_metadata,
 )
-from uniovseg.modeling.text_classifier import TextClassifier
-
-if TYPE_CHECKING:
-    from uniovseg.inference.automatic_mask_generator import AutomaticMaskResult
+from uniovseg.modeling.text_classifier import RegionClassification, TextClassifier
 
 _OUTPUTS = ("sem_seg", "panoptic_seg")
+# Also computable on request (the predictor's labels), never by an evaluator: the argmax of
+# ``sem_seg`` without its [C, H, W] map.
+_EXTRA_OUTPUTS = ("semantic_labels",)
 # Which outputs each evaluator needs: computing only those saves time and memory (a
 # [C, H, W] semantic map for 847 classes at 800 x 1333 is 3.6 GB).
 _OUTPUTS_BY_EVALUATOR = {"sem_seg": ("sem_seg",), "coco_panoptic_seg": ("panoptic_seg",)}
 
 
-def soft_masks(
-    result: AutomaticMaskResult, *, valid_size: tuple[int, int], input_size: tuple[int, int]
-) -> torch.Tensor:
+def soft_masks(result: AutomaticMaskResult, frame: ImageFrame) -> torch.Tensor:
     """The automatic masks' probabilities [K, H0, W0] at the original size: the generator's
     ``mask_probs`` when it returned them, else its low-res logits resized (padding cropped)."""
     if result.mask_probs is not None:
         return result.mask_probs
     return resize_mask_logits(
         result.mask_logits_lowres,
-        input_size=valid_size,
+        valid_size=frame.valid_size,
         output_size=result.original_size,
-        padded_size=input_size,
+        padded_size=frame.padded_size,
     ).sigmoid()
 
 
@@ -137,37 +137,52 @@ class OpenVocabInference:
     def __call__(
         self,
         result: AutomaticMaskResult,
-        region_embeds: torch.Tensor,
+        classification: RegionClassification,
         *,
-        valid_size: tuple[int, int],
-        input_size: tuple[int, int],
+        frame: ImageFrame,
+        outputs: Sequence[str] | None = None,
     ) -> dict:
         """
         Args:
             result: The automatic masks of one image (``mask_logits_lowres`` cover the padded
                 input; ``iou_scores`` are their quality). Its ``mask_probs``, when present,
                 are used as the soft masks; otherwise they are resized from the low-res logits.
-            region_embeds: [K, D] embeddings of those masks in CLIP space.
-            valid_size: (h, w) of the resized image inside the padded input.
-            input_size: (S_h, S_w) of the padded input.
+            classification: Their class probabilities ([K, C]).
+            frame: The image's frame (the low-res logits cover its padded input).
+            outputs: What to compute among ``"sem_seg"``, ``"panoptic_seg"`` and
+                ``"semantic_labels"``; None: the configured outputs.
 
         Returns:
-            Any of ``sem_seg`` float [C, H0, W0] and ``panoptic_seg`` (int32 [H0, W0],
-            segments_info), plus ``mask_class_probs`` [K, C].
+            ``mask_class_probs`` [K, C], plus the requested ones of ``sem_seg`` float
+            [C, H0, W0], ``semantic_labels`` int64 [H0, W0] (its argmax, see
+            :meth:`OpenVocabPostprocessor.semantic_labels`) and ``panoptic_seg`` (int32
+            [H0, W0], segments_info).
         """
-        classification = self.text_classifier.predict(region_embeds)
-        mask_probs = soft_masks(result, valid_size=valid_size, input_size=input_size)
-        outputs = {"mask_class_probs": classification.probs}
-        if "sem_seg" in self.outputs:
-            outputs["sem_seg"] = self.postprocessor.semantic(
-                mask_probs, classification.probs, mask_scores=result.iou_scores
-            )
-        if "panoptic_seg" in self.outputs:
-            outputs["panoptic_seg"] = self.postprocessor.panoptic(
-                mask_probs,
-                classification.probs,
-                thing_classes=self.thing_classes,
-                mask_scores=result.iou_scores,
-                void_probs=classification.void_probs,
-            )
-        return outputs
+        outputs = self.outputs if outputs is None else tuple(outputs)
+        unknown = set(outputs) - set(_OUTPUTS) - set(_EXTRA_OUTPUTS)
+        if unknown:
+            raise ValueError(f"unknown open-vocabulary outputs {sorted(unknown)}")
+        with stage("mask_resize"):  # the generator's, if it returned them
+            mask_probs = soft_masks(result, frame)
+        probs = classification.probs
+        out = {"mask_class_probs": probs}
+        if "sem_seg" in outputs:
+            with stage("semantic_assembly"):
+                out["sem_seg"] = self.postprocessor.semantic(
+                    mask_probs, probs, mask_scores=result.iou_scores
+                )
+        if "semantic_labels" in outputs:
+            with stage("semantic_assembly"):
+                out["semantic_labels"] = self.postprocessor.semantic_labels(
+                    mask_probs, probs, mask_scores=result.iou_scores
+                )
+        if "panoptic_seg" in outputs:
+            with stage("panoptic_assembly"):
+                out["panoptic_seg"] = self.postprocessor.panoptic(
+                    mask_probs,
+                    probs,
+                    thing_classes=self.thing_classes,
+                    mask_scores=result.iou_scores,
+                    void_probs=classification.void_probs,
+                )
+        return out

@@ -44,7 +44,7 @@ _MASK_BINARIZE_THRESHOLD = 0.5
 def resize_mask_logits(
     mask_logits: torch.Tensor,
     *,
-    input_size: tuple[int, int],
+    valid_size: tuple[int, int],
     output_size: tuple[int, int],
     padded_size: tuple[int, int] | None = None,
     chunk_size: int = 32,
@@ -56,10 +56,11 @@ def resize_mask_logits(
 
     Args:
         mask_logits: [K, h, w] float logits covering the whole padded input (any stride).
-        input_size: (H_in, W_in) of the resized image inside the padded input, in input pixels.
+        valid_size: (h, w) of the resized image inside the padded input, in input pixels
+            (an :class:`~uniovseg.modeling.image_encoding.ImageFrame`'s ``valid_size``).
         output_size: (H, W) of the original image.
-        padded_size: (H_pad, W_pad) of the padded input; None when there is no padding
-            (``input_size`` is then the size the logits cover).
+        padded_size: (S_h, S_w) of the padded input; None when there is no padding
+            (``valid_size`` is then the size the logits cover).
         chunk_size: Masks resized at a time (bounds the memory of the padded-size step).
 
     Returns:
@@ -67,15 +68,15 @@ def resize_mask_logits(
     """
     if mask_logits.dim() != 3:
         raise ValueError(f"mask_logits must be [K, h, w], got {tuple(mask_logits.shape)}")
-    padded = tuple(padded_size) if padded_size is not None else tuple(input_size)
-    if input_size[0] > padded[0] or input_size[1] > padded[1]:
-        raise ValueError(f"input_size {input_size} does not fit in padded_size {padded}")
+    padded = tuple(padded_size) if padded_size is not None else tuple(valid_size)
+    if valid_size[0] > padded[0] or valid_size[1] > padded[1]:
+        raise ValueError(f"valid_size {valid_size} does not fit in padded_size {padded}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     out = mask_logits.new_empty((mask_logits.shape[0], *output_size))
     for start in range(0, mask_logits.shape[0], chunk_size):
-        chunk = resize_and_crop(mask_logits[start : start + chunk_size], padded, input_size)
-        if tuple(input_size) != tuple(output_size):  # else the second resize is the identity
+        chunk = resize_and_crop(mask_logits[start : start + chunk_size], padded, valid_size)
+        if tuple(valid_size) != tuple(output_size):  # else the second resize is the identity
             chunk = F.interpolate(
                 chunk[:, None], size=tuple(output_size), mode="bilinear", align_corners=False
             )[:, 0]
@@ -299,6 +300,17 @@ class OpenVocabPostprocessor:
         """``sem_seg`` [C, H, W]; see :func:`semantic_inference`."""
         scores = mask_scores if self.semantic_use_mask_scores else None
         return semantic_inference(mask_probs, class_probs, mask_scores=scores)
+
+    def semantic_labels(
+        self,
+        mask_probs: torch.Tensor,
+        class_probs: torch.Tensor,
+        mask_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``semantic(...).argmax(0)``, int64 [H, W], without the [C, H, W] map; see
+        :func:`semantic_labels`."""
+        scores = mask_scores if self.semantic_use_mask_scores else None
+        return semantic_labels(mask_probs, class_probs, mask_scores=scores)
 
     def panoptic(
         self,

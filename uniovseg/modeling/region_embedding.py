@@ -31,8 +31,7 @@ __all__ = [
     "resize_masks",
 ]
 
-# Lower bound of a mask's total weight: an empty mask pools to zeros, never NaN (same value as
-# CLIPConvNeXtBackbone.embed_regions, so both give identical results).
+# Lower bound of a mask's total weight: an empty mask pools to zeros, never NaN.
 _MIN_MASK_WEIGHT = 1e-6
 
 

@@ -2,16 +2,18 @@
 
 The engine is model-agnostic: it drives a ``predict_fn`` that maps point prompts to mask and IoU
 logits (the promptable network run on features computed once per image) and turns the grid's
-predictions into a de-duplicated set of masks. The meta-architecture uses it for its automatic
-inference mode; a SAM-shaped public wrapper can use it the same way.
+predictions into a de-duplicated set of masks. :meth:`UniOVSeg.automatic_masks
+<uniovseg.modeling.meta_arch.UniOVSeg.automatic_masks>` runs it on an image encoding; every
+caller (inference, the predictor and automatic mask generator, stage-2 alignment) goes through
+that method.
 
-Frames used below (the release's test geometry):
+Frames used below (:class:`~uniovseg.modeling.image_frame.ImageFrame`, the release's geometry):
     * original: the image as read, ``(H0, W0)``;
-    * input: the network input ``(S_h, S_w)`` (release: 1024 x 1024), holding the image resized so
-      that its longest side fits, in the top-left ``valid`` region ``(h_v, w_v)``; the rest is
+    * padded: the network input ``(S_h, S_w)`` (release: 1024 x 1024), holding the image resized
+      so that its longest side fits, in the top-left ``valid`` region ``(h_v, w_v)``; the rest is
       bottom/right padding;
     * low-res: the network's mask logits, at stride 4 of the input (256 x 256 for 1024);
-    * work: the input frame scaled by ``nms_scale`` (release: 0.5) and cropped to the valid
+    * work: the padded frame scaled by ``nms_scale`` (release: 0.5) and cropped to the valid
       region; stability scores and NMS are computed there.
 
 Pipeline per chunk of ``points_per_batch`` grid points: predict 4 masks per point, keep masks
@@ -33,24 +35,24 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 
-from ..modeling.mask_postprocessing import (
-    encode_masks_rle,
+from .image_frame import ImageFrame
+from .mask_postprocessing import (
     mask_nms,
     masks_to_boxes,
     remove_small_regions,
     resize_and_crop,
     stability_score,
 )
-from ..modeling.open_vocab_postprocessing import resize_mask_logits
+from .open_vocab_postprocessing import resize_mask_logits
 from .point_grid import build_point_grid
 
 __all__ = [
     "AutomaticMaskGenerationEngine",
     "AutomaticMaskResult",
     "PredictFn",
-    "SAM_OUTPUT_MODES",
-    "to_sam_records",
-    "uncompressed_rle",
+    "check_integer",
+    "check_number",
+    "check_threshold",
 ]
 
 logger = logging.getLogger(__name__)
@@ -199,10 +201,8 @@ class AutomaticMaskGenerationEngine:
     def generate(
         self,
         predict_fn: PredictFn,
+        frame: ImageFrame,
         *,
-        valid_size: tuple[int, int],
-        input_size: tuple[int, int],
-        original_size: tuple[int, int],
         device: torch.device | str | None = None,
         return_mask_probs: bool = False,
     ) -> AutomaticMaskResult:
@@ -212,9 +212,8 @@ class AutomaticMaskGenerationEngine:
             predict_fn: Maps ``point_coords`` float32 [1, P, 2] ((x, y) in input pixels, on
                 ``device``) to ``(mask_logits [1, P, M, h, w], iou_logits [1, P, M])``; the mask
                 logits cover the whole padded input frame (h, w = input size / stride).
-            valid_size: ``(h_v, w_v)`` of the resized image inside the input frame.
-            input_size: ``(S_h, S_w)`` of the padded input frame.
-            original_size: ``(H0, W0)`` of the original image; returned masks have this size.
+            frame: The image's frame: the grid covers its ``valid_size`` region of the padded
+                input (``padded_size``); returned masks have its ``original_size``.
             device: Where the point grid is built (the network's device); default CPU.
             return_mask_probs: Also return the kept masks' probabilities at the original size
                 (``AutomaticMaskResult.mask_probs``).
@@ -223,18 +222,19 @@ class AutomaticMaskGenerationEngine:
             An :class:`AutomaticMaskResult` on the device of ``predict_fn``'s outputs; K = 0 is a
             normal result (nothing passed the filters).
         """
+        original_size, valid_size, padded_size = frame
         _check_size("valid_size", valid_size)
-        _check_size("input_size", input_size)
+        _check_size("padded_size", padded_size)
         _check_size("original_size", original_size)
-        if valid_size[0] > input_size[0] or valid_size[1] > input_size[1]:
+        if valid_size[0] > padded_size[0] or valid_size[1] > padded_size[1]:
             raise ValueError(
-                f"valid_size {tuple(valid_size)} must fit inside input_size {tuple(input_size)}: "
-                "the image is padded bottom/right, never cropped"
+                f"valid_size {tuple(valid_size)} must fit inside padded_size "
+                f"{tuple(padded_size)}: the image is padded bottom/right, never cropped"
             )
         grid = build_point_grid(self.points_per_side, tuple(valid_size)).to(device or "cpu")
         work_size = (
-            max(1, round(input_size[0] * self.nms_scale)),
-            max(1, round(input_size[1] * self.nms_scale)),
+            max(1, round(padded_size[0] * self.nms_scale)),
+            max(1, round(padded_size[1] * self.nms_scale)),
         )
         work_valid = (
             min(work_size[0], int(np.ceil(valid_size[0] * self.nms_scale))),
@@ -249,7 +249,7 @@ class AutomaticMaskGenerationEngine:
         for start in range(0, grid.shape[0], self.points_per_batch):
             coords = grid[start : start + self.points_per_batch]
             mask_logits, iou_logits = predict_fn(coords[None])
-            _check_predictions(mask_logits, iou_logits, coords.shape[0], input_size)
+            _check_predictions(mask_logits, iou_logits, coords.shape[0], padded_size)
             mask_logits, iou_logits = mask_logits[0], iou_logits[0]  # [P, M, h, w], [P, M]
             lowres_shape = tuple(mask_logits.shape[-2:])
             out_device = mask_logits.device
@@ -298,7 +298,7 @@ class AutomaticMaskGenerationEngine:
         del lowres_pieces
 
         masks, mask_probs = self._to_original(
-            cat["lowres"], valid_size, input_size, original_size, return_mask_probs
+            cat["lowres"], valid_size, padded_size, original_size, return_mask_probs
         )
         if self.min_region_area > 0:
             masks = self._remove_small_regions(masks)
@@ -371,7 +371,7 @@ class AutomaticMaskGenerationEngine:
     def _to_original(
         lowres: torch.Tensor,
         valid_size: tuple[int, int],
-        input_size: tuple[int, int],
+        padded_size: tuple[int, int],
         original_size: tuple[int, int],
         return_probs: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -386,9 +386,9 @@ class AutomaticMaskGenerationEngine:
         for s in range(0, lowres.shape[0], _UPSAMPLE_BATCH):
             logits = resize_mask_logits(
                 lowres[s : s + _UPSAMPLE_BATCH],
-                input_size=valid_size,
+                valid_size=valid_size,
                 output_size=original_size,
-                padded_size=input_size,
+                padded_size=padded_size,
             )
             torch.gt(logits, 0, out=masks[s : s + _UPSAMPLE_BATCH])
             if probs is not None:
@@ -528,7 +528,7 @@ def _check_size(name: str, size) -> None:
 
 
 def _check_predictions(
-    mask_logits: torch.Tensor, iou_logits: torch.Tensor, num_points: int, input_size
+    mask_logits: torch.Tensor, iou_logits: torch.Tensor, num_points: int, padded_size
 ) -> None:
     if (
         mask_logits.dim() != 5
@@ -540,84 +540,8 @@ def _check_predictions(
             f"P = {num_points} points, got {tuple(mask_logits.shape)} and "
             f"{tuple(iou_logits.shape)}"
         )
-    if mask_logits.shape[-2] > input_size[0] or mask_logits.shape[-1] > input_size[1]:
+    if mask_logits.shape[-2] > padded_size[0] or mask_logits.shape[-1] > padded_size[1]:
         raise ValueError(
             f"mask logits of size {tuple(mask_logits.shape[-2:])} are larger than the input "
-            f"frame {tuple(input_size)}; they must cover the padded input at a stride >= 1"
+            f"frame {tuple(padded_size)}; they must cover the padded input at a stride >= 1"
         )
-
-
-SAM_OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-
-
-def to_sam_records(result: AutomaticMaskResult, output_mode: str = "binary_mask") -> list[dict]:
-    """Converts a result into SAM / SA-1B style per-mask records.
-
-    Args:
-        result: The output of :meth:`AutomaticMaskGenerationEngine.generate` (or of
-            ``AutomaticMaskGenerator.generate_result``, crops included).
-        output_mode: ``"binary_mask"`` (``segmentation`` is a bool numpy array [H0, W0]),
-            ``"uncompressed_rle"`` (``{"size": [H0, W0], "counts": [int, ...]}``: run lengths
-            of the column-major (Fortran-order) flattened mask, starting with a run of zeros,
-            which is 0 when the first pixel is set; pycocotools' ``frPyObjects`` reads it) or
-            ``"coco_rle"`` (a compressed COCO RLE dict with ``str`` counts). Both RLEs are
-            JSON-ready.
-
-    Returns:
-        One dict per mask, in the result's order, with keys ``segmentation``, ``area``
-        (int pixels), ``bbox`` (XYWH ints, original pixels), ``predicted_iou`` (float),
-        ``point_coords`` (``[[x, y]]``, original pixels), ``stability_score`` (float) and
-        ``crop_box`` (XYWH ints, original pixels: the image crop the mask was found in;
-        ``[0, 0, W0, H0]`` for the whole image).
-    """
-    if output_mode not in SAM_OUTPUT_MODES:
-        raise ValueError(f"output_mode must be one of {SAM_OUTPUT_MODES}, got {output_mode!r}")
-    masks = result.masks.cpu().numpy()
-    if output_mode == "coco_rle":
-        segmentations = encode_masks_rle(masks)
-    elif output_mode == "uncompressed_rle":
-        segmentations = [uncompressed_rle(mask) for mask in masks]
-    else:
-        segmentations = list(masks)
-    areas = masks.sum(axis=(1, 2))
-    boxes_xywh = _xyxy_to_xywh(result.boxes.cpu().round().long())
-    height, width = result.original_size
-    if result.crop_boxes is None:
-        crop_boxes = [[0, 0, int(width), int(height)]] * len(segmentations)
-    else:
-        crop_boxes = _xyxy_to_xywh(result.crop_boxes.cpu().long())
-    records = []
-    for i, segmentation in enumerate(segmentations):
-        records.append(
-            {
-                "segmentation": segmentation,
-                "area": int(areas[i]),
-                "bbox": boxes_xywh[i],
-                "predicted_iou": float(result.iou_scores[i]),
-                "point_coords": [[float(v) for v in result.point_coords[i].tolist()]],
-                "stability_score": float(result.stability_scores[i]),
-                "crop_box": list(crop_boxes[i]),
-            }
-        )
-    return records
-
-
-def _xyxy_to_xywh(boxes: torch.Tensor) -> list[list[int]]:
-    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict:
-    """A bool [H, W] mask as an uncompressed COCO RLE (what SAM's ``"uncompressed_rle"`` gives).
-
-    Returns:
-        ``{"size": [H, W], "counts": [int, ...]}``: alternating run lengths of 0s and 1s over
-        the mask flattened in column-major order, starting with 0s (a first count of 0 when
-        pixel (0, 0) is set); the counts sum to H * W.
-    """
-    height, width = mask.shape
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], starts, [flat.size]])).tolist()
-    if flat[0]:
-        counts.insert(0, 0)
-    return {"size": [int(height), int(width)], "counts": counts}
