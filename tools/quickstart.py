@@ -42,7 +42,7 @@ class Plan:
     seed: int = 0
     # Measured on 2 cores (0.33-0.52 s per iteration): 1-point oracle IoU 48 after 300
     # iterations, 64-66 after 1200, 69 after 2400 (the fixed-disc baseline: 56). 1200 keeps the
-    # whole quickstart at 13-19 minutes (18.7 from scratch on 2026-12-06).
+    # whole quickstart at about 21 minutes on quiet cores with 600 stage-2 iterations.
     stage1_iters: int = 1200
     # World seed 1: held-out thing accuracy still climbing at 150 iterations (0.10 -> 0.17),
     # 0.21 at 600; mIoU 39.2 at 150, 40.6 at 600 (about 3.5 min on 2 cores).
