@@ -205,19 +205,9 @@ class UniOVSegPredictor:
     ) -> UniOVSegPredictor:
         """Builds the model of a config file and loads its weights.
 
-        Args:
-            config_file: A uniovseg YAML config: a path, or the name of a config packaged with
-                uniovseg (``"stage2/uniovseg_convnext_large_stage2.yaml"``,
-                ``"tiny/stage1_tiny.yaml"``; see :func:`uniovseg.model_zoo.available_configs`),
-                so it works from any folder.
-            weights: Checkpoint path (overrides ``MODEL.WEIGHTS``); empty: ``MODEL.WEIGHTS``
-                from the config/opts, or none (random decoders, CLIP from
-                ``MODEL.UNIOVSEG.CLIP.PRETRAINED``). When the checkpoint holds every CLIP weight
-                (trained and converted checkpoints do), ``MODEL.UNIOVSEG.CLIP.PRETRAINED`` is not
-                loaded: nothing is downloaded.
-            opts: ``KEY VALUE`` config overrides, e.g. ``["MODEL.UNIOVSEG.AUTOMATIC.
-                POINTS_PER_SIDE", "32"]``.
-            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: the config's ``MODEL.DEVICE``.
+        The arguments are those of :func:`uniovseg.modeling.build.build_inference_model`
+        (``config_file`` a path or a packaged config name; ``weights`` overriding
+        ``MODEL.WEIGHTS``; ``opts`` as ``KEY VALUE`` overrides; ``device`` "cpu"/"cuda[:N]").
 
         Raises:
             FileNotFoundError: ``config_file`` is neither a file nor a packaged config.
