@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = prepare_ade20k_panoptic(
             args.root or default_datasets_root(),
-            class_display_names(load_vocabulary("ade20k_150")),
+            class_display_names(load_vocabulary("ade20k_150_raw")),
             mapping_file=args.mapping_file,
             split=args.split,
             overwrite=args.overwrite,

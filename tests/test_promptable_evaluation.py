@@ -11,7 +11,11 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from uniovseg.data.promptable_eval_mapper import PromptableEvalMapper, mask_centre_points
-from uniovseg.evaluation.promptable_evaluator import EVALUATOR_TYPE, PromptableEvaluator
+from uniovseg.evaluation.promptable_evaluator import (
+    EVALUATOR_TYPE,
+    PromptableEvaluator,
+    best_mask_iou,
+)
 
 H, W = 60, 80  # original image
 RECT = (10, 10, 50, 30)  # x0, y0, x1, y1 of a red rectangle
@@ -270,3 +274,131 @@ def test_mapper_to_evaluator_round_trip(instance_dict):
     assert res["1pt_oracle_iou"] == pytest.approx(100.0)
     assert res["1box_iou"] == pytest.approx(100.0)
     assert res["1pt_top_iou"] == pytest.approx(100 * areas.mean().item())
+
+
+# ---------------------------------------------------------------- the paper's grid protocol
+
+
+def test_mapper_grid_protocol_gives_a_uniform_grid_over_the_valid_region(instance_dict):
+    out = _mapper(point_prompts="grid", grid_size=4)(instance_dict)
+    assert out["point_protocol"] == "grid" and out["point_grid_size"] == 4
+    assert out["image_size"] == (48, 64)
+    # Cell centres of the 48 x 64 valid region, row-major: x = (i + 0.5) * 16, y = (j + 0.5) * 12.
+    xs, ys = [8.0, 24.0, 40.0, 56.0], [6.0, 18.0, 30.0, 42.0]
+    assert out["point_coords"].tolist() == [[x, y] for y in ys for x in xs]
+    # The masks and the box prompts (ground-truth boxes) do not depend on the point protocol.
+    centre = _mapper()(instance_dict)
+    assert centre["point_protocol"] == "centre" and centre["point_coords"].shape == (2, 2)
+    assert torch.equal(out["gt_masks"], centre["gt_masks"])
+    assert torch.equal(out["box_prompts"], centre["box_prompts"])
+    with pytest.raises(ValueError, match="PROMPTABLE_POINTS"):
+        _mapper(point_prompts="random")
+    with pytest.raises(ValueError, match="PROMPTABLE_GRID_SIZE"):
+        _mapper(point_prompts="grid", grid_size=0)
+
+
+def test_mapper_grid_protocol_from_config():
+    from uniovseg.config import load_config
+
+    cfg = load_config("", ["MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS", "grid"])
+    mapper = PromptableEvalMapper(cfg)
+    assert (mapper.point_prompts, mapper.grid_size) == ("grid", 20)  # the paper's 20 x 20
+    assert PromptableEvalMapper(load_config("")).point_prompts == "centre"
+
+
+def test_best_mask_iou_hand_computed():
+    a = _square(0, 0, 10, 10)  # 100 px
+    b = _square(0, 10, 20, 20)  # 200 px
+    half = _square(5, 0, 15, 10)  # a: 50 / 150 = 1/3; b: 0
+    quarter = _square(0, 10, 5, 20)  # a: 0; b: 50 / 200 = 1/4
+    lower = _square(0, 5, 20, 20)  # a: 50 / 350 = 1/7; b: 200 / 300 = 2/3
+    candidates = torch.stack([half, quarter, lower])
+    best = best_mask_iou(candidates, torch.stack([a, b]), chunk_size=2)  # chunks of 2 and 1
+    assert best.tolist() == pytest.approx([1 / 3, 2 / 3])
+    assert best_mask_iou(candidates[:0], a[None]).tolist() == [0.0]
+    assert best_mask_iou(candidates, a[None, :, :][:0]).shape == (0,)
+
+
+def test_evaluator_grid_protocol_takes_the_best_of_all_grid_masks():
+    a = _square(0, 0, 10, 10)
+    b = _square(0, 10, 20, 20)
+    half = _square(5, 0, 15, 10)
+    quarter = _square(0, 10, 5, 20)
+    empty = torch.zeros(20, 20, dtype=torch.bool)
+    # A 2 x 2 grid, 2 masks per point. Mask a sits under the last point, with a low predicted
+    # IoU: the oracle still finds it. Nothing matches b better than `quarter` (1/4).
+    point_masks = torch.stack(
+        [
+            torch.stack([half, empty]),
+            torch.stack([quarter, empty]),
+            torch.stack([empty, empty]),
+            torch.stack([half, a]),
+        ]
+    )
+    out = {
+        "prompt_eval": {
+            "point_masks": point_masks,
+            "point_iou": torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5], [0.7, 0.0]]),
+            "box_masks": torch.stack([a, half])[:, None],  # box IoUs 1 and 0
+        }
+    }
+    evaluator = PromptableEvaluator("toy", distributed=False)
+    evaluator.process([{"gt_masks": torch.stack([a, b]), "point_protocol": "grid"}], [out])
+    res = evaluator.evaluate()["promptable"]
+    assert res == {
+        "1pt_oracle_iou": pytest.approx(100 * (1 + 1 / 4) / 2),
+        "1box_iou": pytest.approx(50.0),
+        "point_grid_size": 2,
+        "num_instances": 2,
+    }
+    # Box masks must still be one per ground-truth mask.
+    bad = {"prompt_eval": {**out["prompt_eval"], "box_masks": a[None, None]}}
+    with pytest.raises(ValueError, match=r"point_masks \[P, M, h, w\]"):
+        evaluator.process([{"gt_masks": torch.stack([a, b]), "point_protocol": "grid"}], [bad])
+
+
+def test_evaluator_refuses_to_average_two_protocols():
+    gt = _square(0, 0, 4, 4)[None]
+    out = {
+        "prompt_eval": {
+            "point_masks": gt[:, None],
+            "point_iou": torch.zeros(1, 1),
+            "box_masks": gt[:, None],
+        }
+    }
+    evaluator = PromptableEvaluator(distributed=False)
+    evaluator.process([{"gt_masks": gt}], [out])
+    evaluator.process([{"gt_masks": gt, "point_protocol": "grid"}], [out])
+    with pytest.raises(ValueError, match="different point protocols"):
+        evaluator.evaluate()
+
+
+def test_grid_protocol_through_a_tiny_model(instance_dict):
+    """The model decodes a grid whose size differs from the number of masks; the evaluator
+    scores every ground-truth mask against all of the grid's masks."""
+    from uniovseg.config import load_config
+    from uniovseg.engine.trainer import Trainer
+    from uniovseg.model_zoo import get_config_file
+
+    torch.manual_seed(0)
+    cfg = load_config(
+        get_config_file("tiny/stage1_tiny.yaml"),
+        [
+            "MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS",
+            "grid",
+            "MODEL.UNIOVSEG.TEST.PROMPTABLE_GRID_SIZE",
+            "3",
+        ],
+    )
+    model = Trainer.build_model(cfg).eval()
+    inp = PromptableEvalMapper(cfg)(instance_dict)
+    assert inp["point_coords"].shape == (9, 2) and inp["gt_masks"].shape[0] == 2
+    out = model([inp])[0]
+    point_masks = out["prompt_eval"]["point_masks"]
+    assert point_masks.shape == (9, 4, *inp["image_size"])
+    evaluator = PromptableEvaluator(distributed=False)
+    evaluator.process([inp], [out])
+    res = evaluator.evaluate()["promptable"]
+    assert res["point_grid_size"] == 3 and res["num_instances"] == 2
+    expected = best_mask_iou(point_masks.flatten(0, 1), inp["gt_masks"]).mean().item()
+    assert res["1pt_oracle_iou"] == pytest.approx(100 * expected)

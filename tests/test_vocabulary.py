@@ -18,6 +18,7 @@ from uniovseg.data.vocabulary import (
 
 EXPECTED_COUNTS = {
     "ade20k_150": 150,
+    "ade20k_150_raw": 150,
     "ade20k_847": 847,
     "cityscapes_19": 19,
     "coco_panoptic_133": 133,
@@ -83,9 +84,40 @@ def test_loading_does_not_depend_on_the_working_directory(tmp_path, monkeypatch)
     assert len(load_vocabulary("ade20k_847")) == 847
 
 
-def test_ade20k_150_order_is_detectron2s():
+# Classes of ADE20K-150 whose raw name is not among the prompt-engineered synonyms (OpenSeg's
+# renames, which FC-CLIP and the paper's baselines use): label -> prompt-engineered first name.
+ADE20K_150_RENAMES = {
+    25: "house exterior",  # house
+    63: "window screen",  # blind, screen
+    82: "light bulb",  # light
+    90: "airplane",  # plane
+    109: "swimming pool",  # pool
+    125: "plant pots",  # pot
+    130: "projection screen",  # screen
+    139: "ceiling fan",  # fan
+}
+
+
+def test_ade20k_150_raw_order_is_detectron2s():
     expected = [n.split(",")[0].strip() for n in builtin_meta.ADE20K_SEM_SEG_CATEGORIES]
-    assert class_display_names(load_vocabulary("ade20k_150")) == expected
+    assert class_display_names(load_vocabulary("ade20k_150_raw")) == expected
+
+
+def test_ade20k_150_prompt_engineered_names_follow_the_raw_order():
+    raw, engineered = load_vocabulary("ade20k_150_raw"), load_vocabulary("ade20k_150")
+    assert len(raw) == len(engineered) == 150
+    for label, (raw_entry, entry) in enumerate(zip(raw, engineered, strict=True)):
+        raw_names, names = class_synonyms(raw_entry), class_synonyms(entry)
+        if label in ADE20K_150_RENAMES:
+            assert names[0] == ADE20K_150_RENAMES[label], label
+        else:  # the same class: it shares a name with the raw entry
+            assert set(raw_names) & set(names), (label, raw_entry, entry)
+    # Anchors: more synonyms than the raw names, several per class.
+    assert class_synonyms(engineered[12])[:3] == ["person", "child", "girl"]
+    assert class_synonyms(engineered[8]) == ["windowpane", "window", "windows"]
+    assert class_synonyms(engineered[149]) == ["flag", "flags"]
+    synonyms = sum(len(class_synonyms(e)) for e in engineered)
+    assert synonyms > sum(len(class_synonyms(e)) for e in raw) and synonyms / 150 > 2
 
 
 def test_cityscapes_order_is_train_id_order():
@@ -182,7 +214,7 @@ def test_a_name_shared_by_two_classes_is_an_error(tmp_path):
 
 def test_packaged_benchmark_lists_keep_their_shared_names():
     # ADE20K-150 gives "screen" to "screen door, screen" and "blind, screen", as the benchmark.
-    vocabulary = load_vocabulary("ade20k_150")
+    vocabulary = load_vocabulary("ade20k_150_raw")
     assert "screen" in class_synonyms(vocabulary[58]) and "screen" in class_synonyms(vocabulary[63])
 
 
@@ -251,3 +283,43 @@ def test_resolve_accepts_names_strings_and_lists(tmp_path):
     assert resolve_vocabulary(str(path)) == ["a", "b"]
     with pytest.raises(ValueError, match="empty"):
         resolve_vocabulary([])
+
+
+# ---------------------------------------------------------------------------- evaluation
+def test_dataset_vocabularies_replace_a_benchmark_vocabulary(monkeypatch):
+    from detectron2.data import MetadataCatalog
+    from detectron2.engine import DefaultTrainer
+
+    import uniovseg.data.datasets  # noqa: F401  (registers the benchmarks)
+    from uniovseg.config import load_config
+    from uniovseg.engine.trainer import Trainer, dataset_vocabularies, with_vocabulary
+
+    seen = []
+
+    class Model:
+        def set_dataset_metadata(self, metadata):
+            seen.append((metadata.name, metadata.vocabulary, len(metadata.stuff_classes)))
+
+    monkeypatch.setattr(
+        DefaultTrainer, "test", classmethod(lambda cls, cfg, m, evaluators=None: {})
+    )
+    key = "MODEL.UNIOVSEG.OPEN_VOCAB.DATASET_VOCABULARIES"
+    datasets = "('ade20k_150_sem_seg_val', 'ade20k_847_sem_seg_val')"
+    cfg = load_config("", ["DATASETS.TEST", datasets])
+    Trainer.test(cfg, Model())  # the defaults: prompt-engineered names
+    raw = ["ade20k_150_sem_seg_val=ade20k_150_raw"]
+    Trainer.test(load_config("", ["DATASETS.TEST", datasets, key, str(raw)]), Model())
+    assert seen == [
+        ("ade20k_150_sem_seg_val", "ade20k_150", 150),
+        ("ade20k_847_sem_seg_val", "ade20k_847", 847),
+        ("ade20k_150_sem_seg_val", "ade20k_150_raw", 150),
+        ("ade20k_847_sem_seg_val", "ade20k_847", 847),
+    ]
+    assert MetadataCatalog.get("ade20k_150_sem_seg_val").vocabulary == "ade20k_150"  # unchanged
+
+    metadata = MetadataCatalog.get("ade20k_150_sem_seg_val")
+    with pytest.raises(ValueError, match="has 847 classes but dataset"):
+        with_vocabulary(metadata, "ade20k_847")
+    for bad in (["ade20k_150_raw"], ["a=x", "a=y"], ["=ade20k_150_raw"]):
+        with pytest.raises(ValueError, match="DATASET=VOCABULARY"):
+            dataset_vocabularies(load_config("", [key, str(bad)]))

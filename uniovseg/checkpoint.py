@@ -13,7 +13,12 @@ is the one checkpointer of uniovseg (training, evaluation, the predictor, benchm
 - writes each checkpoint and ``last_checkpoint`` to a temporary file in the same folder, then
   renames it over the target (``os.replace``), so a reader sees the old file or the new one;
 - on resume, falls back from a torn checkpoint to the newest intact ``model_*.pth``;
-- removes the temporary files that a save killed before its rename left behind.
+- removes the temporary files that a save killed before its rename left behind;
+- records which weights the last load left unused, missing or of the wrong shape
+  (``incompatible_keys``), and :meth:`UniOVSegCheckpointer.check_loaded_weights` refuses them
+  where evaluating a model with its trained weights silently dropped would be wrong (a stage-2
+  checkpoint's adapter in a model built with alignment off, or a model with an adapter that the
+  checkpoint does not hold).
 
 :func:`read_checkpoint` is its reader, for tools that need the raw file content;
 :func:`read_checkpoint_shapes` lists the weights a checkpoint holds without reading them.
@@ -26,7 +31,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import torch
@@ -35,9 +40,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from uniovseg.atomic_files import atomic_write
 
 __all__ = [
+    "ALLOW_ANY_WEIGHT_MISMATCH",
     "CorruptCheckpointError",
     "UniOVSegCheckpointer",
     "UnsafeCheckpointError",
+    "WeightMismatchError",
     "read_checkpoint",
     "read_checkpoint_shapes",
     "remove_stale_temporaries",
@@ -55,6 +62,12 @@ _PERIODIC_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 _TEMPORARY_NAME = re.compile(r"^\.(?:.+\.pth|" + LAST_CHECKPOINT + r")\.(\d+)\.tmp$")
 # The first byte of a pickle of protocol 2 or later (the PROTO opcode).
 _PICKLE_PROTO = b"\x80"
+# In check_loaded_weights(allowed=...): every mismatch is allowed.
+ALLOW_ANY_WEIGHT_MISMATCH = "*"
+# State-dict prefix of the stage-2 multi-scale adapter (UniOVSeg.feature_adapter).
+_ADAPTER_PREFIX = "feature_adapter."
+# How many key groups a WeightMismatchError lists before eliding the rest.
+_MAX_LISTED_GROUPS = 8
 
 
 class UnsafeCheckpointError(ValueError):
@@ -63,6 +76,10 @@ class UnsafeCheckpointError(ValueError):
 
 class CorruptCheckpointError(ValueError):
     """The file is truncated or damaged (e.g. a run was killed while writing it)."""
+
+
+class WeightMismatchError(ValueError):
+    """The checkpoint holds weights the model does not use, or lacks weights the model has."""
 
 
 def _pickle_refusal(path: str) -> str:
@@ -198,6 +215,22 @@ def _corrupt_message(path: str, error: BaseException) -> str:
     )
 
 
+def _key_groups(keys: Sequence[str]) -> str:
+    """``a.b.w, a.b.v, a.c.w`` -> ``a.b.* (2), a.c.w``: keys grouped by their module path (the
+    first two dotted parts), at most :data:`_MAX_LISTED_GROUPS` groups."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        groups.setdefault(".".join(parts[:2]) if len(parts) > 2 else key, []).append(key)
+    listed = [
+        members[0] if len(members) == 1 and members[0] == group else f"{group}.* ({len(members)})"
+        for group, members in groups.items()
+    ]
+    more = len(listed) - _MAX_LISTED_GROUPS
+    text = ", ".join(listed[:_MAX_LISTED_GROUPS])
+    return text + (f" and {more} more groups" if more > 0 else "")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -283,6 +316,10 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
         self._resumed: bool | None = None
         # The save folder already rid of stale temporary files ("" if none yet).
         self._cleaned_dir = ""
+        # What the last load() of model weights left out (detectron2's _IncompatibleKeys:
+        # missing_keys, unexpected_keys, incorrect_shapes); None before any weights are loaded.
+        self.incompatible_keys = None
+        self.loaded_from = ""
 
     # ------------------------------------------------------------------ loading
     def load(self, path: str, *args, **kwargs) -> dict[str, Any]:
@@ -296,11 +333,101 @@ class UniOVSegCheckpointer(DetectionCheckpointer):
             raise FileNotFoundError(
                 f"Checkpoint {path!r} does not exist (or is not a file); check MODEL.WEIGHTS."
             )
+        self.incompatible_keys = None
+        self.loaded_from = ""
         try:
-            return super().load(path, *args, **kwargs)
+            loaded = super().load(path, *args, **kwargs)
         finally:
             # detectron2 resets this only on success; a refused file would break the next load.
             self._parsed_url_during_load = None
+        if self.incompatible_keys is not None:
+            self.loaded_from = path
+        return loaded
+
+    def _load_model(self, checkpoint: dict[str, Any]):
+        incompatible = super()._load_model(checkpoint)
+        self.incompatible_keys = incompatible
+        return incompatible
+
+    def check_loaded_weights(
+        self, *, allowed: Sequence[str] = (), provided: Sequence[str] = ()
+    ) -> None:
+        """Refuses a load that left trained weights unused or model weights uninitialised.
+
+        detectron2 only logs these (a stage-2 checkpoint evaluated with a config that builds no
+        adapter would silently give the baseline's numbers). Call it after :meth:`load` or
+        :meth:`resume_or_load`, where every weight of the model must come from the checkpoint
+        (evaluation); training from other weights (stage 2 from stage 1) must not call it.
+
+        Args:
+            allowed: State-dict key prefixes whose mismatches are accepted on purpose (e.g.
+                ``["feature_adapter."]``: evaluate the baseline with a stage-2 checkpoint);
+                :data:`ALLOW_ANY_WEIGHT_MISMATCH` (``"*"``) accepts every mismatch.
+            provided: Key prefixes of weights that the model got elsewhere, so that the
+                checkpoint may lack them (e.g. ``backbone.clip_model.`` when CLIP was loaded from
+                its pretrained weights); weights under them that the checkpoint does hold must
+                still fit.
+
+        Raises:
+            WeightMismatchError: the checkpoint holds weights that the model does not use
+                (unexpected keys, or a shape that differs from the model's), or the model has
+                weights that the checkpoint does not hold. The message names them, grouped by
+                module, and the config key that accepts them.
+            ValueError: no model weights were loaded yet.
+        """
+        if self.incompatible_keys is None:
+            raise ValueError("check_loaded_weights() needs a load() of model weights first")
+        if ALLOW_ANY_WEIGHT_MISMATCH in allowed:
+            return
+        allowed = tuple(allowed)
+
+        def kept(keys, excused=()):
+            return [k for k in keys if not k.startswith(allowed + tuple(excused))]
+
+        incompatible = self.incompatible_keys
+        unused = kept(incompatible.unexpected_keys)
+        wrong_shape = [
+            (k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes if kept([k])
+        ]
+        # detectron2 drops a wrongly shaped weight before loading: it is also "missing".
+        reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
+        missing = [k for k in kept(incompatible.missing_keys, provided) if k not in reshaped]
+        if not (unused or wrong_shape or missing):
+            return
+        lines = [f"The weights of {self.loaded_from!r} do not fit the model built by the config:"]
+        if unused:
+            lines.append(
+                f"- unused, the model has no such weights: {_key_groups(unused)}. Trained weights "
+                "would be silently ignored."
+            )
+        if wrong_shape:
+            listed = ", ".join(f"{k} {a} vs {b}" for k, a, b in wrong_shape[:_MAX_LISTED_GROUPS])
+            lines.append(f"- of another shape (checkpoint vs model): {listed}.")
+        if missing:
+            lines.append(
+                f"- missing from the checkpoint (they would keep their random initial values): "
+                f"{_key_groups(missing)}."
+            )
+        if any(k.startswith(_ADAPTER_PREFIX) for k in unused):
+            lines.append(
+                "The checkpoint holds a stage-2 feature adapter but the config builds none "
+                "(MODEL.UNIOVSEG.ALIGNMENT.ENABLED False): evaluate it with alignment on "
+                "(configs/eval/benchmarks.yaml), or, for the paper's baseline on purpose, with "
+                "configs/eval/benchmarks_baseline.yaml."
+            )
+        if any(k.startswith(_ADAPTER_PREFIX) for k in missing):
+            lines.append(
+                "The config builds the stage-2 feature adapter (MODEL.UNIOVSEG.ALIGNMENT.ENABLED "
+                "True) but the checkpoint has none (a stage-1 or converted release checkpoint?): "
+                "give the stage-2 checkpoint, or evaluate the baseline with "
+                "configs/eval/benchmarks_baseline.yaml."
+            )
+        lines.append(
+            "To evaluate anyway, accept the mismatch explicitly (after the flags): "
+            "MODEL.UNIOVSEG.TEST.ALLOWED_WEIGHT_MISMATCH \"['feature_adapter.']\" (state-dict key "
+            "prefixes), or \"['*']\" for any mismatch."
+        )
+        raise WeightMismatchError("\n".join(lines))
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.lower().endswith(PICKLE_SUFFIXES):

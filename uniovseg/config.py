@@ -246,6 +246,24 @@ def _add_inference_config(cfg: CN) -> None:
     # test time (thresholds, stability scores and NMS stay float32). On a CPU with AVX512-BF16
     # "bf16" ran the paper configuration's semantic output 1.6x faster (benchmarks/README.md).
     t.AUTOCAST = ""
+    # `train_net.py --eval-only` stops when MODEL.WEIGHTS holds weights the model does not use
+    # (e.g. a stage-2 adapter with ALIGNMENT.ENABLED False) or lacks weights the model has (e.g.
+    # no adapter with ALIGNMENT.ENABLED True): the numbers would not be the checkpoint's. List
+    # state-dict key prefixes whose mismatch is accepted on purpose, e.g. ["feature_adapter."]
+    # (configs/eval/benchmarks_baseline.yaml: the baseline with a stage-2 checkpoint), or ["*"].
+    t.ALLOWED_WEIGHT_MISMATCH = []
+    # Point prompts of promptable evaluation (datasets with evaluator_type "promptable"):
+    # "centre": one point per ground-truth mask at its distance-transform maximum, scored by the
+    #   best of its masks (1pt_oracle_iou) and its top-predicted mask (1pt_top_iou), SAM-style;
+    # "grid": the paper's protocol (App. B, Fig. 3): a uniform PROMPTABLE_GRID_SIZE^2 point grid
+    #   over the image, and for each ground-truth mask the best-matching of all the grid's masks,
+    #   reported as 1pt_oracle_iou (the paper's "1-pt IoU (Oracle)") with point_grid_size. The
+    #   model then returns 4 x 400 full-resolution masks per image (about 1.6 GB of bool masks
+    #   at a 1024 input).
+    # Both score the ground-truth boxes as box prompts (1box_iou, the paper's 1-box IoU).
+    t.PROMPTABLE_POINTS = "centre"
+    # Points per side of that grid (paper: 20, cell centres over the unpadded image).
+    t.PROMPTABLE_GRID_SIZE = 20
 
     cfg.MODEL.UNIOVSEG.AUTOMATIC = CN()
     a = cfg.MODEL.UNIOVSEG.AUTOMATIC
@@ -302,9 +320,9 @@ def _add_meta_arch_config(cfg: CN) -> None:
 
 def _add_dataset_paths_config(cfg: CN) -> None:
     """Where the training sets ``sa1b_train`` and ``captions_train`` are read from (see
-    uniovseg/data/datasets/training.py). Empty paths default to ``$DETECTRON2_DATASETS/...``
-    (``./datasets`` when the variable is unset); a run saves the resolved paths in its
-    config.yaml.
+    uniovseg/data/datasets/training.py), and extra COCO-JSON promptable datasets. Empty paths
+    default to ``$DETECTRON2_DATASETS/...`` (``./datasets`` when the variable is unset); a run
+    saves the resolved paths in its config.yaml.
     """
     d = cfg.DATASETS.UNIOVSEG = CN()
     # Folder of the untarred SA-1B files; "" = $DETECTRON2_DATASETS/sa1b. Index it once with
@@ -323,6 +341,12 @@ def _add_dataset_paths_config(cfg: CN) -> None:
     d.CAPTION_MANIFEST = ""
     # Folder that the manifest's relative image paths start from; "" = the manifest's folder.
     d.CAPTION_IMAGE_ROOT = ""
+    # Extra promptable-evaluation datasets from COCO instances JSON files (any COCO-style set:
+    # SegInW, converted datasets...): a list of [NAME, IMAGE_ROOT, JSON_FILE] triples, each
+    # registered as NAME (evaluator "promptable") before the run, e.g. on the command line
+    # DATASETS.UNIOVSEG.PROMPTABLE_COCO_JSONS "[['mine_val', 'data/images', 'data/ann.json']]"
+    # DATASETS.TEST "('mine_val',)". See datasets/README.md ("Promptable segmentation").
+    d.PROMPTABLE_COCO_JSONS = []
 
 
 def _add_open_vocab_config(cfg: CN) -> None:
@@ -337,6 +361,11 @@ def _add_open_vocab_config(cfg: CN) -> None:
     # e.g. "ade20k_150"), a file with one class per line, or an inline list "cat; dog, puppy"
     # (';' between classes, ',' between synonyms). Empty: given per dataset/call by the caller.
     ov.VOCABULARY = ""
+    # Evaluation: replace a dataset's vocabulary (its metadata's "vocabulary"), as a list of
+    # "DATASET=VOCABULARY" entries; the vocabulary must have as many classes as the dataset. E.g.
+    # the raw ADE20K-150 names instead of the prompt-engineered default (the paper's baselines'):
+    # ["ade20k_150_sem_seg_val=ade20k_150_raw", "ade20k_panoptic_val=ade20k_150_raw"].
+    ov.DATASET_VOCABULARIES = []
     # Prompt templates: "vild" (the 14 ViLD templates, FC-CLIP's and the paper's), "photo"
     # ("a photo of a {}.") or "name" (the bare class name).
     ov.TEMPLATES = "vild"

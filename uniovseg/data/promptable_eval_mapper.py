@@ -1,7 +1,11 @@
 """Test-time mapper for promptable (1-point / 1-box) evaluation on datasets with instance masks.
 
-Each ground-truth mask becomes one point prompt (the mask "centre": the maximum of its distance
-transform, always inside the mask) and one box prompt (its tight box). The image is resized as
+Each ground-truth mask becomes one box prompt (its tight box: the ground-truth box) and, with the
+point protocol ``"centre"``, one point prompt (the mask "centre": the maximum of its distance
+transform, always inside the mask). With ``"grid"``, the paper's protocol (App. B; Fig. 3 and 8:
+"a 20x20 point grid as visual prompt"), the point prompts are instead a uniform grid over the
+image, the same grid as automatic mask generation (cell centres of the valid region), and the
+evaluator scores each ground-truth mask by the best of all the grid's masks. The image is resized as
 configured and padded bottom/right to a fixed square input, as at automatic-inference time; the
 ground-truth masks and prompts live in the resized, unpadded ("valid") frame, which is the frame
 the model's promptable-eval outputs use.
@@ -27,10 +31,15 @@ from detectron2.data import transforms as T
 from pycocotools import mask as mask_util
 
 from uniovseg.modeling.image_frame import TEST_RESIZE_MODES, inference_frame
+from uniovseg.modeling.point_grid import build_point_grid
 
-__all__ = ["PromptableEvalMapper", "mask_centre_points"]
+__all__ = ["POINT_PROTOCOLS", "PromptableEvalMapper", "mask_centre_points"]
 
 logger = logging.getLogger(__name__)
+
+# Point prompts of promptable evaluation: one per ground-truth mask at its centre (SAM's 1-point
+# protocol), or a uniform grid over the image (the paper's, App. B).
+POINT_PROTOCOLS = ("centre", "grid")
 
 
 def mask_centre_points(masks: np.ndarray) -> np.ndarray:
@@ -106,8 +115,12 @@ class PromptableEvalMapper:
         * ``image_size``: ``(h, w)`` of the valid (resized, unpadded) region;
         * ``height``, ``width``: original image size;
         * ``gt_masks``: bool tensor [G, h, w], non-empty ground-truth masks in the valid frame;
-        * ``point_coords``: float32 tensor [G, 2], (x, y) of each mask's distance-transform
-          centre in input pixels (inside the mask);
+        * ``point_coords``: float32 tensor [P, 2] of (x, y) in input pixels: with
+          ``point_prompts="centre"`` P = G, each mask's distance-transform centre (inside the
+          mask); with ``"grid"`` P = ``grid_size**2``, the cell centres of a uniform grid over the
+          valid region (row-major), whatever the masks;
+        * ``point_protocol``: ``point_prompts`` (how the evaluator scores the point masks), and
+          with ``"grid"``, ``point_grid_size``: ``grid_size``;
         * ``box_prompts``: float32 tensor [G, 4], tight XYXY box of each mask (pixel edges);
         * ``file_name``, ``image_id`` copied from the dataset dict when present.
     G may be 0 (no usable mask); the evaluator then has nothing to score for the image.
@@ -124,6 +137,8 @@ class PromptableEvalMapper:
         image_format: str = "RGB",
         pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0),
         include_crowd: bool = False,
+        point_prompts: str = "centre",
+        grid_size: int = 20,
     ) -> None:
         """
         Args:
@@ -138,6 +153,9 @@ class PromptableEvalMapper:
                 rounded pixel mean, so padding normalises to ~0, as the release's padding of the
                 normalised tensor with zeros.
             include_crowd: Also evaluate ``iscrowd`` regions.
+            point_prompts: ``"centre"`` (one point per mask) or ``"grid"`` (a uniform grid; the
+                paper's protocol), see :data:`POINT_PROTOCOLS`.
+            grid_size: Points per side of the grid (paper: 20).
         """
         if resize_mode not in TEST_RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {TEST_RESIZE_MODES}, got {resize_mode!r}")
@@ -149,6 +167,16 @@ class PromptableEvalMapper:
             )
         if len(pad_value) != 3:
             raise ValueError(f"pad_value must have 3 channel values, got {pad_value!r}")
+        if point_prompts not in POINT_PROTOCOLS:
+            raise ValueError(
+                f"point_prompts (MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS) must be one of "
+                f"{POINT_PROTOCOLS}, got {point_prompts!r}"
+            )
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+            raise ValueError(
+                f"grid_size (MODEL.UNIOVSEG.TEST.PROMPTABLE_GRID_SIZE) must be an int >= 1, got "
+                f"{grid_size!r}"
+            )
         self.input_size = int(input_size)
         self.resize_mode = resize_mode
         self.min_size_test = int(min_size_test)
@@ -156,6 +184,8 @@ class PromptableEvalMapper:
         self.image_format = image_format
         self.pad_value = tuple(float(v) for v in pad_value)
         self.include_crowd = bool(include_crowd)
+        self.point_prompts = point_prompts
+        self.grid_size = grid_size
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -167,6 +197,8 @@ class PromptableEvalMapper:
             "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
             "image_format": cfg.INPUT.FORMAT,
             "pad_value": tuple(float(round(m)) for m in cfg.MODEL.PIXEL_MEAN),
+            "point_prompts": cfg.MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS,
+            "grid_size": cfg.MODEL.UNIOVSEG.TEST.PROMPTABLE_GRID_SIZE,
         }
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -197,7 +229,7 @@ class PromptableEvalMapper:
         resized = np.zeros((len(masks), new_h, new_w), dtype=bool)
         for g, mask in enumerate(masks):
             resized[g] = resize.apply_segmentation(mask.astype(np.uint8)) > 0
-        nonempty = resized.reshape(len(resized), -1).any(axis=1)
+        nonempty = resized.reshape(len(resized), new_h * new_w).any(axis=1)  # G may be 0
         if not nonempty.all():
             logger.debug(
                 "%s: %d masks vanished after resizing", dataset_dict["file_name"], (~nonempty).sum()
@@ -210,13 +242,22 @@ class PromptableEvalMapper:
             "height": height,
             "width": width,
             "gt_masks": torch.from_numpy(resized),
-            "point_coords": torch.from_numpy(mask_centre_points(resized)),
+            "point_coords": self._point_prompts(resized, (new_h, new_w)),
+            "point_protocol": self.point_prompts,
             "box_prompts": torch.from_numpy(_mask_boxes(resized)),
         }
+        if self.point_prompts == "grid":
+            out["point_grid_size"] = self.grid_size
         for key in ("file_name", "image_id"):
             if key in dataset_dict:
                 out[key] = dataset_dict[key]
         return out
+
+    def _point_prompts(self, masks: np.ndarray, valid_size: tuple[int, int]) -> torch.Tensor:
+        if self.point_prompts == "grid":
+            # The automatic mask generator's grid: the same points as whole-image inference.
+            return build_point_grid(self.grid_size, valid_size)
+        return torch.from_numpy(mask_centre_points(masks))
 
     def _read_masks(self, dataset_dict: dict, height: int, width: int) -> list[np.ndarray]:
         if "annotations" in dataset_dict:

@@ -298,8 +298,8 @@ def _packaged_names() -> tuple[str, ...]:
 def _load_packaged(name: str) -> tuple[str, ...]:
     resource = importlib.resources.files(_PACKAGE).joinpath(_FOLDER).joinpath(name + _SUFFIX)
     # Packaged files hold no duplicate (tests check it), so their labels are their line order.
-    # Some benchmark lists give one synonym to two classes (ADE20K-150: "screen" in classes 58
-    # and 63); they are kept as the benchmarks define them.
+    # Some benchmark lists give one synonym to two classes (ADE20K-150's raw names: "screen" in
+    # classes 58 and 63); they are kept as the benchmarks define them.
     entries = normalize_vocabulary(
         _class_lines(resource.read_text(encoding="utf-8")),
         source=f"packaged vocabulary {name!r}",

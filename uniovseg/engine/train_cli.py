@@ -4,7 +4,9 @@
 instant), sets up logging (:mod:`uniovseg.logs`), loads the config, registers the datasets and
 checks, before any model is built, that the run can go ahead: its datasets exist (the message
 names the missing path and the command that creates it), and ``--eval-only`` has weights to
-evaluate. Then detectron2's launcher runs :func:`run` in one process per GPU.
+evaluate. Then detectron2's launcher runs :func:`run` in one process per GPU. An evaluation
+stops once the weights are loaded when the checkpoint does not fit the model, e.g. a stage-2
+adapter that a config with alignment off would leave unused (:func:`check_evaluated_weights`).
 
 Evaluation writes each evaluator's files to ``OUTPUT_DIR/inference/<dataset>/`` and the metrics
 to ``OUTPUT_DIR/eval_results.json`` (strict JSON: a NaN metric, e.g. the IoU of a class absent
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 __all__ = [
     "build_config",
     "build_parser",
+    "check_evaluated_weights",
     "check_run",
     "main",
     "run",
@@ -46,7 +49,9 @@ configs (detectron2 YAML with _BASE_; every key is documented in uniovseg/config
   configs/stage1/uniovseg_convnext_large_stage1.yaml  stage 1 on SA-1B (dataset sa1b_train)
   configs/stage2/uniovseg_convnext_large_stage2.yaml  stage 2 on captions (captions_train),
                                                       from stage-1 weights (MODEL.WEIGHTS)
-  configs/eval/benchmarks.yaml, cityscapes.yaml       the paper's benchmarks, with --eval-only
+  configs/eval/benchmarks.yaml, cityscapes.yaml       the paper's benchmarks, with --eval-only,
+                                                      for stage-2 weights (adapter used)
+  configs/eval/benchmarks_baseline.yaml, ...          the same, the paper's baseline (no adapter)
   configs/synthetic/stage1.yaml, stage2.yaml          the quickstart's synthetic world
   configs/tiny/stage1_tiny.yaml, stage2_tiny.yaml     tiny random models for CPU smoke tests
 
@@ -60,6 +65,8 @@ training data (config keys; empty = the default under $DETECTRON2_DATASETS, else
                                       --manifest captions.jsonl --output FILE
                                       [--backend llm --base-url URL --model NAME]
                                       (tools/refine_captions.py rewrites captions first)
+  DATASETS.UNIOVSEG.PROMPTABLE_COCO_JSONS  [[NAME, IMAGE_DIR, COCO_JSON], ...]: extra
+                                      promptable evaluation sets (evaluate with DATASETS.TEST)
   evaluation datasets and how to prepare them: datasets/README.md
 
 examples:
@@ -177,6 +184,7 @@ def check_run(cfg, args: argparse.Namespace) -> None:
     import uniovseg.data.datasets as datasets
 
     datasets.register_training_datasets_from_config(cfg)
+    datasets.register_promptable_datasets_from_config(cfg)
     if args.eval_only:
         datasets.check_datasets(cfg.DATASETS.TEST, what="DATASETS.TEST")
         if not cfg.DATASETS.TEST:
@@ -201,6 +209,29 @@ def check_run(cfg, args: argparse.Namespace) -> None:
     )
     if cfg.TEST.EVAL_PERIOD > 0:
         datasets.check_datasets(cfg.DATASETS.TEST, what="DATASETS.TEST")
+
+
+def check_evaluated_weights(checkpointer, build_cfg) -> None:
+    """Stops an evaluation whose checkpoint does not fit the model (see
+    :meth:`uniovseg.checkpoint.UniOVSegCheckpointer.check_loaded_weights`): every weight of the
+    model must come from the checkpoint, except CLIP's when the model loaded them from
+    ``MODEL.UNIOVSEG.CLIP.PRETRAINED`` (a checkpoint without CLIP), and the mismatches that
+    ``MODEL.UNIOVSEG.TEST.ALLOWED_WEIGHT_MISMATCH`` accepts.
+
+    Args:
+        checkpointer: The checkpointer that loaded the weights.
+        build_cfg: The config the model was built with.
+
+    Raises:
+        uniovseg.checkpoint.WeightMismatchError: unused, missing or reshaped weights.
+    """
+    from uniovseg.modeling.build import CLIP_CHECKPOINT_PREFIX
+
+    clip_pretrained = bool(build_cfg.MODEL.UNIOVSEG.CLIP.PRETRAINED)
+    checkpointer.check_loaded_weights(
+        allowed=list(build_cfg.MODEL.UNIOVSEG.TEST.ALLOWED_WEIGHT_MISMATCH),
+        provided=[CLIP_CHECKPOINT_PREFIX] if clip_pretrained else [],
+    )
 
 
 def setup(args: argparse.Namespace):
@@ -299,8 +330,10 @@ def run(args: argparse.Namespace):
     model = Trainer.build_model(build_cfg)
     checkpointer = UniOVSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-    if not cfg.MODEL.WEIGHTS and not checkpointer.resumed_from:
+    if checkpointer.incompatible_keys is None:
         logger.warning("Evaluating random weights (--allow-random-weights): no weights were loaded")
+    else:
+        check_evaluated_weights(checkpointer, build_cfg)
     results = Trainer.test(cfg, model)
     if comm.is_main_process():
         from uniovseg.evaluation.results_table import format_run_results, normalize_test_results
@@ -313,7 +346,8 @@ def run(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
-    """Runs the command; returns the exit status (2: the run was refused before it started).
+    """Runs the command; returns the exit status (2: the run was refused before it started, or
+    an evaluation's checkpoint does not fit the model).
 
     Args:
         argv: Arguments without the program name (default ``sys.argv[1:]``).
@@ -332,12 +366,18 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return 2
     from detectron2.engine import launch
 
-    launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    from uniovseg.checkpoint import WeightMismatchError
+
+    try:
+        launch(
+            run,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except WeightMismatchError as e:  # raised in this process when it runs the only worker
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -167,6 +167,51 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
+def dataset_vocabularies(cfg) -> dict[str, str]:
+    """``MODEL.UNIOVSEG.OPEN_VOCAB.DATASET_VOCABULARIES`` as ``{dataset: vocabulary}``.
+
+    Raises:
+        ValueError: an entry is not ``DATASET=VOCABULARY``, or names a dataset twice.
+    """
+    vocabularies: dict[str, str] = {}
+    for entry in cfg.MODEL.UNIOVSEG.OPEN_VOCAB.DATASET_VOCABULARIES:
+        dataset, sep, vocabulary = str(entry).partition("=")
+        dataset, vocabulary = dataset.strip(), vocabulary.strip()
+        if not sep or not dataset or not vocabulary or dataset in vocabularies:
+            raise ValueError(
+                f"MODEL.UNIOVSEG.OPEN_VOCAB.DATASET_VOCABULARIES entry {entry!r}: expected one "
+                "'DATASET=VOCABULARY' per dataset, e.g. 'ade20k_150_sem_seg_val=ade20k_150_raw'"
+            )
+        vocabularies[dataset] = vocabulary
+    return vocabularies
+
+
+def with_vocabulary(metadata, vocabulary: str):
+    """A copy of a dataset's metadata whose ``vocabulary`` is ``vocabulary`` (a packaged name or
+    a file); its class count must be the dataset's (``stuff_classes``), which the evaluators
+    and the label maps use.
+
+    Raises:
+        ValueError: the vocabulary does not exist or has another number of classes.
+    """
+    from detectron2.data.catalog import Metadata
+
+    from uniovseg.data.vocabulary import load_vocabulary
+
+    entries = load_vocabulary(vocabulary)
+    values = metadata.as_dict()
+    num_classes = len(values.get("stuff_classes", ()))
+    if len(entries) != num_classes:
+        raise ValueError(
+            f"vocabulary {vocabulary!r} has {len(entries)} classes but dataset {metadata.name!r} "
+            f"has {num_classes}: MODEL.UNIOVSEG.OPEN_VOCAB.DATASET_VOCABULARIES must keep the "
+            "dataset's classes and order"
+        )
+    logger.info("%s: classifying with vocabulary %r", metadata.name, vocabulary)
+    values["vocabulary"] = vocabulary
+    return Metadata(**values)
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with uniovseg's data, optimizer and evaluators.
 
@@ -256,10 +301,13 @@ class Trainer(DefaultTrainer):
                 f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets"
             )
         unwrapped = model.module if hasattr(model, "module") else model
+        vocabularies = dataset_vocabularies(cfg)
         results = OrderedDict()
         for index, dataset_name in enumerate(cfg.DATASETS.TEST):
             metadata = MetadataCatalog.get(dataset_name)
             if metadata.get("evaluator_type", None) in _OPEN_VOCAB_EVALUATORS:
+                if dataset_name in vocabularies:
+                    metadata = with_vocabulary(metadata, vocabularies[dataset_name])
                 unwrapped.set_dataset_metadata(metadata)
             single = cfg.clone()
             single.defrost()

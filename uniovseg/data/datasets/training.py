@@ -25,6 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .benchmark_registry import register_dataset
 from .benchmarks import default_datasets_root
 from .captions import load_caption_manifest
+from .promptable import check_promptable_files
 from .sa1b import DEFAULT_INDEX_NAME, check_sa1b_index, load_sa1b_dicts
 
 __all__ = [
@@ -155,8 +156,9 @@ def _check_caption_manifest(manifest: str) -> None:
 
 
 def check_datasets(names: Iterable[str], *, what: str = "DATASETS.TRAIN") -> None:
-    """Checks that every dataset of ``names`` is registered and, for ``sa1b_train`` and
-    ``captions_train``, that its files exist. Reads at most an index's first line.
+    """Checks that every dataset of ``names`` is registered and, for ``sa1b_train``,
+    ``captions_train`` and COCO-JSON promptable datasets, that its files exist. Reads at most an
+    index's first line.
 
     Args:
         names: Dataset names, e.g. ``cfg.DATASETS.TRAIN``.
@@ -188,3 +190,9 @@ def check_datasets(names: Iterable[str], *, what: str = "DATASETS.TRAIN") -> Non
                 ) from None
         elif name == CAPTIONS_TRAIN:
             _check_caption_manifest(metadata.manifest)
+        elif metadata.get("evaluator_type", None) == "promptable" and metadata.get("json_file", ""):
+            hint = metadata.get("prepare_hint", "") or "see datasets/README.md"
+            try:
+                check_promptable_files(metadata.image_root, metadata.json_file, hint=hint)
+            except ValueError as e:
+                raise ValueError(f"dataset {name!r} in {what}: {e}") from None
