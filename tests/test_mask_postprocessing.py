@@ -9,6 +9,7 @@ from pycocotools import mask as mask_util
 
 from uniovseg.modeling import mask_postprocessing
 from uniovseg.modeling.mask_postprocessing import (
+    OUTSIDE_BOX_LOGIT,
     encode_masks_rle,
     mask_areas,
     mask_nms,
@@ -17,6 +18,7 @@ from uniovseg.modeling.mask_postprocessing import (
     remove_small_regions,
     resize_and_crop,
     stability_score,
+    suppress_outside_boxes,
 )
 
 
@@ -277,3 +279,17 @@ def test_resize_and_crop_identity_empty_and_errors():
         resize_and_crop(maps, (12, 8), (13, 8))
     with pytest.raises(ValueError, match=r"\[K, h, w\]"):
         resize_and_crop(maps[0], (12, 8), (12, 8))
+
+
+def test_suppress_outside_boxes_turns_off_pixels_outside_each_box():
+    logits = torch.randn(2, 1, 6, 8)
+    boxes = torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 8.0, 6.0]])
+    out = suppress_outside_boxes(logits, boxes)
+    inside = torch.zeros(6, 8, dtype=torch.bool)
+    inside[1:4, 2:5] = True  # pixel centres 2.5..4.5 and 1.5..3.5
+    assert torch.equal(out[0, 0][inside], logits[0, 0][inside])
+    assert (out[0, 0][~inside] == OUTSIDE_BOX_LOGIT).all()
+    assert torch.equal(out[1], logits[1])  # the whole frame: unchanged
+    assert torch.equal(logits, logits.clone())  # the input is not modified
+    with pytest.raises(ValueError, match="one XYXY box per mask row"):
+        suppress_outside_boxes(logits, boxes[:1])

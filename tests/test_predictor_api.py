@@ -106,6 +106,29 @@ def test_predict_boxes_single_and_batched(ready):
     assert one.shape == (1, 1, H, W)  # boxes= is never squeezed
 
 
+def test_box_masks_inside_box_ends_box_masks_at_the_box(predictor, image):
+    """TEST.BOX_MASKS_INSIDE_BOX turns box-prompt masks off outside the box (original frame);
+    inside the box and for point prompts nothing changes."""
+    torch.manual_seed(0)  # the same weights as `predictor`
+    inside = UniOVSegPredictor.from_config(
+        TINY_CONFIG,
+        opts=[*OPEN_FILTERS, "MODEL.UNIOVSEG.TEST.BOX_MASKS_INSIDE_BOX", True],
+        device="cpu",
+    )
+    predictor.set_image(image)
+    inside.set_image(image)
+    box = np.array([10, 5, 60, 40])
+    plain, _, _ = predictor.predict(box=box)
+    limited, _, _ = inside.predict(box=box)
+    in_box = np.zeros((H, W), dtype=bool)
+    in_box[5:40, 10:60] = True
+    assert plain[0][~in_box].any()  # random weights spill over the box: the case is not trivial
+    assert not limited[0][~in_box].any()
+    np.testing.assert_array_equal(limited[0][in_box], plain[0][in_box])
+    point = np.array([[30.0, 20.0]])
+    np.testing.assert_array_equal(inside.predict(point)[0], predictor.predict(point)[0])
+
+
 def test_return_logits_thresholds_to_the_masks(ready):
     points = np.array([[20.0, 30.0], [70.0, 10.0]])
     masks, _, _ = ready.predict(points)

@@ -12,6 +12,7 @@ from uniovseg.modeling.mask_decoder import (
     MaskDecoderOutput,
     PromptMaskDecoder,
     attention_mask_from_logits,
+    box_cells,
 )
 from uniovseg.modeling.prompt_encoder import PromptEncoder, points_to_boxes
 from uniovseg.modeling.segmentation_head import SegmentationHead
@@ -307,6 +308,55 @@ def test_cross_attention_masks_follow_the_previous_predictions():
         assert torch.equal(attn_mask[~near_zero], expected[~near_zero])
     # The case is not trivial: some masks do restrict attention.
     assert any(not m.all() for m in recorded)
+
+
+def test_box_cells_are_the_cells_whose_centre_lies_in_the_box():
+    # 64 x 96 frame, 4 x 6 grid of 16 px cells (centres at 8, 24, ...).
+    boxes = torch.tensor([[[20.0, 0.0, 60.0, 30.0], [0.0, 0.0, 4.0, 4.0]]])
+    cells = box_cells(boxes, (64, 96), (4, 6)).view(1, 2, 4, 6)
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[0:2, 1:4] = True  # centres x 24, 40, 56 and y 8, 24
+    assert torch.equal(cells[0, 0], expected)
+    assert not cells[0, 1].any()  # smaller than a cell: no centre inside
+
+
+def test_box_attention_in_box_limits_box_prompts_only():
+    """With BOX_ATTENTION_IN_BOX, every box prompt's attention stays inside its box cells (or
+    is unlimited at a level where the box holds no cell centre); point prompts and a decoder
+    without the option are unchanged."""
+    cfg = tiny_cfg(num_layers=3)
+    torch.manual_seed(0)
+    plain = SegmentationHead(cfg, TINY_SHAPES).eval()
+    cfg.MODEL.UNIOVSEG.MASK_DECODER.BOX_ATTENTION_IN_BOX = True
+    limited = SegmentationHead(cfg, TINY_SHAPES).eval()
+    limited.load_state_dict(plain.state_dict())
+    feats = fake_features(2, 128, 192)
+    boxes, image_size = BOXES * 2, (128, 192)
+    recorded = []
+    for layer in limited.predictor.transformer_cross_attention_layers:
+        attend = layer.attend_projected
+
+        def attend_and_record(*args, _attend=attend, **kwargs):
+            recorded.append(kwargs["attn_mask"])
+            return _attend(*args, **kwargs)
+
+        layer.attend_projected = attend_and_record
+    with torch.no_grad():
+        pixel = limited.forward_features(feats)
+        out = limited.forward_prompts(pixel, boxes, prompt_type="box", image_size=image_size)
+        assert len(recorded) == 3
+        for index, attn_mask in enumerate(recorded):
+            grid = pixel.multi_scale_features[index % 3].shape[-2:]
+            cells = box_cells(boxes, image_size, grid)  # [B, P, h*w]
+            cells = cells | ~cells.any(dim=-1, keepdim=True)
+            cells = cells[:, :, None].expand(-1, -1, 7, -1).reshape(attn_mask.shape)
+            assert not (attn_mask & ~cells).any()
+            assert attn_mask.any(dim=-1).all()
+        reference = plain(feats, boxes, prompt_type="box", image_size=image_size)
+        assert not torch.allclose(out.mask_logits, reference.mask_logits)
+        points_limited = limited(feats, boxes, prompt_type="point", image_size=image_size)
+        points_plain = plain(feats, boxes, prompt_type="point", image_size=image_size)
+        assert torch.equal(points_limited.mask_logits, points_plain.mask_logits)
 
 
 def test_runs_and_backpropagates_under_bf16_autocast():

@@ -551,7 +551,12 @@ class UniOVSegPredictor:
             lowres, iou_probs = lowres[rows, best][:, None], iou_probs[rows, best][:, None]
         num, num_outputs = lowres.shape[:2]
         masks, stability = self.model.masks_at_original_size(
-            state.encoding, lowres.flatten(0, 1), return_logits=return_logits
+            state.encoding,
+            lowres.flatten(0, 1),
+            return_logits=return_logits,
+            prompt_boxes=prompts.repeat_interleave(num_outputs, dim=0)
+            if prompt_type == "box"
+            else None,
         )
         outputs = {
             "masks": masks.reshape(num, num_outputs, *self.original_size),

@@ -40,6 +40,7 @@ __all__ = [
     "MaskPrediction",
     "PromptMaskDecoder",
     "attention_mask_from_logits",
+    "box_cells",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,47 @@ def attention_mask_from_logits(mask_logits: torch.Tensor) -> torch.Tensor:
     return allowed | empty
 
 
+def box_cells(
+    boxes: torch.Tensor, image_size: tuple[int, int], grid_size: tuple[int, int]
+) -> torch.Tensor:
+    """Cells of an (h, w) grid over the padded frame whose centre lies in each box.
+
+    Args:
+        boxes: float [B, P, 4] XYXY in pixels of the padded frame of ``image_size`` (H, W).
+        image_size: (H, W) of the padded frame.
+        grid_size: (h, w) of the grid (an attended feature level).
+
+    Returns:
+        bool [B, P, h * w].
+    """
+    (height, width), (rows, cols) = image_size, grid_size
+    ys = (torch.arange(rows, device=boxes.device, dtype=boxes.dtype) + 0.5) * (height / rows)
+    xs = (torch.arange(cols, device=boxes.device, dtype=boxes.dtype) + 0.5) * (width / cols)
+    in_x = (xs >= boxes[..., 0:1]) & (xs <= boxes[..., 2:3])  # [B, P, w]
+    in_y = (ys >= boxes[..., 1:2]) & (ys <= boxes[..., 3:4])  # [B, P, h]
+    return (in_y[..., :, None] & in_x[..., None, :]).flatten(2)
+
+
+def _limit_to_boxes(
+    attn_mask: torch.Tensor,
+    boxes: torch.Tensor,
+    image_size: tuple[int, int],
+    num_tokens: int,
+    grid_size: tuple[int, int],
+) -> torch.Tensor:
+    """Intersects a [B, 1, P * T, h * w] attention mask with each prompt's box cells (see
+    ``PromptMaskDecoder(box_attention_in_box=True)``)."""
+    cells = box_cells(boxes, image_size, grid_size)
+    # A box smaller than a cell of this level holds no cell centre: leave it unlimited here.
+    cells = cells | ~cells.any(dim=-1, keepdim=True)
+    batch, num_prompts, num_pixels = cells.shape
+    cells = cells[:, :, None, :].expand(-1, -1, num_tokens, -1)
+    cells = cells.reshape(batch, 1, num_prompts * num_tokens, num_pixels)
+    limited = attn_mask & cells
+    # Where the predicted masks miss the box entirely, attend to the whole box instead.
+    return torch.where(limited.any(dim=-1, keepdim=True), limited, cells)
+
+
 class PromptMaskDecoder(nn.Module):
     """Prompt tokens x multi-scale pixel features -> mask logits and IoU logits per prompt."""
 
@@ -128,6 +170,7 @@ class PromptMaskDecoder(nn.Module):
         num_layers: int = 9,
         num_feature_levels: int = 3,
         position_encoding: str = "random",
+        box_attention_in_box: bool = False,
     ) -> None:
         """
         Args:
@@ -140,6 +183,12 @@ class PromptMaskDecoder(nn.Module):
             num_feature_levels: Pixel-decoder levels cycled by the cross-attention (3).
             position_encoding: Positions of the attended pixels, ``"random"`` (release) or
                 ``"sine"`` (paper).
+            box_attention_in_box: Box prompts attend only inside their box: the masked
+                cross-attention's allowed pixels are intersected with the level cells whose
+                centre lies in the box (the box alone where the intersection is empty; no box
+                limit at a level where no cell centre lies in the box). Not in the paper or the
+                release (False): a box says where the object is, and without it a briefly
+                trained model locks onto the part at the box centre.
         """
         super().__init__()
         if prompt_encoder.embed_dim != hidden_dim:
@@ -151,6 +200,7 @@ class PromptMaskDecoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
         self.num_feature_levels = num_feature_levels
+        self.box_attention_in_box = box_attention_in_box
         self.pe_layer: PositionEncoding = build_position_encoding(position_encoding, hidden_dim)
         self.transformer_self_attention_layers = nn.ModuleList(
             SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
@@ -186,6 +236,7 @@ class PromptMaskDecoder(nn.Module):
             "num_layers": md.NUM_LAYERS,
             "num_feature_levels": num_feature_levels,
             "position_encoding": md.POSITION_ENCODING,
+            "box_attention_in_box": md.BOX_ATTENTION_IN_BOX,
         }
 
     def forward(
@@ -324,6 +375,14 @@ class PromptMaskDecoder(nn.Module):
                 attn_mask = self._attention_mask(
                     mask_embeds, memory.level_embeds[level], num_tokens
                 )
+                if prompt_type == "box" and self.box_attention_in_box:
+                    attn_mask = _limit_to_boxes(
+                        attn_mask,
+                        boxes,
+                        image_size,
+                        num_tokens,
+                        memory.level_embeds[level].shape[-2:],
+                    )
         last = predictions[-1]
         return MaskDecoderOutput(last.mask_logits, last.iou_logits, predictions[:-1])
 

@@ -24,9 +24,43 @@ __all__ = [
     "remove_small_regions",
     "resize_and_crop",
     "stability_score",
+    "suppress_outside_boxes",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# Logit given to pixels outside a box prompt's box: sigmoid() of it is ~0, and it stays finite
+# in float16 and bfloat16.
+OUTSIDE_BOX_LOGIT = -1.0e4
+
+
+def suppress_outside_boxes(mask_logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Mask logits with every pixel whose centre lies outside its prompt's box turned off.
+
+    A box prompt says the object lies inside the box, so a mask pixel outside it is an error.
+
+    Args:
+        mask_logits: float [N, ..., H, W] logits of N box prompts, in a pixel frame.
+        boxes: float [N, 4] XYXY boxes in the same frame (pixel i covers [i, i + 1)).
+
+    Returns:
+        A new tensor like ``mask_logits``, :data:`OUTSIDE_BOX_LOGIT` outside the boxes.
+    """
+    if boxes.shape != (mask_logits.shape[0], 4):
+        raise ValueError(
+            f"need one XYXY box per mask row: boxes {tuple(boxes.shape)} for logits "
+            f"{tuple(mask_logits.shape)}"
+        )
+    height, width = mask_logits.shape[-2:]
+    boxes = boxes.to(mask_logits.device, torch.float32)
+    ys = torch.arange(height, device=mask_logits.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=mask_logits.device, dtype=torch.float32) + 0.5
+    in_y = (ys >= boxes[:, 1:2]) & (ys <= boxes[:, 3:4])  # [N, H]
+    in_x = (xs >= boxes[:, 0:1]) & (xs <= boxes[:, 2:3])  # [N, W]
+    inside = in_y[:, :, None] & in_x[:, None, :]
+    inside = inside.view(inside.shape[0], *([1] * (mask_logits.dim() - 3)), height, width)
+    return mask_logits.masked_fill(~inside, OUTSIDE_BOX_LOGIT)
 
 
 def stability_score(mask_logits: torch.Tensor, offset: float, center: float = 0.0) -> torch.Tensor:

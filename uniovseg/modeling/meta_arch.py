@@ -55,7 +55,7 @@ from uniovseg.modeling.image_encoding import ImageEncoding
 from uniovseg.modeling.image_frame import ImageFrame, inference_frame
 from uniovseg.modeling.inference_stages import stage
 from uniovseg.modeling.mask_decoder import MaskDecoderOutput
-from uniovseg.modeling.mask_postprocessing import stability_score
+from uniovseg.modeling.mask_postprocessing import stability_score, suppress_outside_boxes
 from uniovseg.modeling.open_vocab_inference import OpenVocabInference
 from uniovseg.modeling.open_vocab_postprocessing import resize_mask_logits
 from uniovseg.modeling.segmentation_head import SegmentationHead
@@ -111,6 +111,7 @@ class UniOVSeg(nn.Module):
         test_min_size: int = 800,
         test_max_size: int = 1333,
         prompts_per_chunk: int = 100,
+        box_masks_inside_box: bool = False,
         feature_adapter: MultiScaleFeatureAdapter | None = None,
         aligner: MaskTextAligner | None = None,
         alignment_mask_generator: AutomaticMaskGenerationEngine | None = None,
@@ -136,6 +137,9 @@ class UniOVSeg(nn.Module):
             test_min_size, test_max_size: The ``"shortest_edge"`` sizes
                 (``INPUT.MIN_SIZE_TEST``, ``INPUT.MAX_SIZE_TEST``).
             prompts_per_chunk: Prompts decoded per call at inference (bounds memory only).
+            box_masks_inside_box: A box prompt's returned masks are turned off outside its box
+                (``TEST.BOX_MASKS_INSIDE_BOX``; not in the release: False). Low-resolution logits
+                are returned as predicted.
             feature_adapter: Multi-scale LoRA adapter for region embeddings (stage 2); None is
                 the baseline (raw CLIP mask pooling).
             aligner: Stage-2 loss on caption batches (needs ``feature_adapter`` and the three
@@ -179,6 +183,7 @@ class UniOVSeg(nn.Module):
         }
         inference_frame((1, 1), **self.test_resize)  # validates the resize settings now
         self.prompts_per_chunk = int(prompts_per_chunk)
+        self.box_masks_inside_box = bool(box_masks_inside_box)
         if inference_autocast not in _AUTOCAST_DTYPES:
             raise ValueError(
                 f"MODEL.UNIOVSEG.TEST.AUTOCAST={inference_autocast!r}: use one of "
@@ -252,6 +257,7 @@ class UniOVSeg(nn.Module):
             "test_min_size": min_size if isinstance(min_size, int) else min_size[0],
             "test_max_size": cfg.INPUT.MAX_SIZE_TEST,
             "prompts_per_chunk": cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK,
+            "box_masks_inside_box": cfg.MODEL.UNIOVSEG.TEST.BOX_MASKS_INSIDE_BOX,
             "inference_autocast": cfg.MODEL.UNIOVSEG.TEST.AUTOCAST,
             "open_vocab": OpenVocabInference(cfg, text_encoder=backbone),
         }
@@ -440,12 +446,25 @@ class UniOVSeg(nn.Module):
 
     @torch.no_grad()
     def masks_at_original_size(
-        self, encoding: ImageEncoding, mask_logits_lowres: torch.Tensor, *, return_logits=False
+        self,
+        encoding: ImageEncoding,
+        mask_logits_lowres: torch.Tensor,
+        *,
+        return_logits: bool = False,
+        prompt_boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's low-res mask logits [K, h, w] over its padded frame -> (masks
         [K, H0, W0] bool, or float logits with ``return_logits``, and their stability scores
-        [K] with the automatic engine's band) at the original size."""
+        [K] with the automatic engine's band) at the original size. ``prompt_boxes`` [K, 4]
+        (padded-frame pixels): the box prompt of each mask, applied when the model has
+        ``box_masks_inside_box``."""
         frame = encoding.frame
+        if prompt_boxes is not None and self.box_masks_inside_box:
+            (height, width), (valid_h, valid_w) = frame.original_size, frame.valid_size
+            scale = prompt_boxes.new_tensor([width / valid_w, height / valid_h] * 2)
+            original_boxes = prompt_boxes.float() * scale
+        else:
+            original_boxes = None
         engine = self.mask_generator
         num = mask_logits_lowres.shape[0]
         dtype = torch.float32 if return_logits else torch.bool
@@ -459,6 +478,9 @@ class UniOVSeg(nn.Module):
                     output_size=frame.original_size,
                     padded_size=frame.padded_size,
                 )
+                if original_boxes is not None:
+                    boxes = original_boxes[start : start + _RESIZE_CHUNK]
+                    logits = suppress_outside_boxes(logits, boxes)
                 stability[start : start + _RESIZE_CHUNK] = stability_score(
                     logits, engine.stability_score_offset, engine.stability_score_center
                 )
@@ -741,16 +763,16 @@ class UniOVSeg(nn.Module):
             mask_logits, iou_logits = self.predict_prompts(
                 encoding, prompts, prompt_type=prompt_type
             )
-            masks = [
-                F.interpolate(
-                    mask_logits[start : start + self.prompts_per_chunk],
-                    size=padded,
-                    mode="bilinear",
-                    align_corners=False,
+            masks = []
+            for start in range(0, len(prompts), self.prompts_per_chunk):
+                chunk = slice(start, start + self.prompts_per_chunk)
+                logits = F.interpolate(
+                    mask_logits[chunk], size=padded, mode="bilinear", align_corners=False
                 )[..., :valid_h, :valid_w]
-                > 0
-                for start in range(0, len(prompts), self.prompts_per_chunk)
-            ]
+                if prompt_type == "box" and self.box_masks_inside_box:
+                    # The valid frame is the padded frame's top-left corner: same pixels.
+                    logits = suppress_outside_boxes(logits, prompts[chunk])
+                masks.append(logits > 0)
             num_outputs = self.num_mask_outputs(prompt_type)
             outputs[f"{prompt_type}_masks"] = (
                 torch.cat(masks)
