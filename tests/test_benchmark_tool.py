@@ -1,4 +1,4 @@
-"""The benchmark suite (tools/benchmark.py, uniovseg.benchmarking): statistics and timers on
+"""The benchmark suite (tools/benchmark.py, tools/benchmark_suite/): statistics and timers on
 hand-made cases, synthetic inputs, and the report's structure from a tiny run. Never timing
 assertions: those belong to the benchmark's output."""
 
@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from uniovseg.benchmarking import (
+# The suite lives beside its tool, outside the installed library.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from benchmark_suite import (  # noqa: E402
     PATH_STAGES,
     STAGE_LABELS,
     PeakMemoryMeter,
@@ -26,7 +29,7 @@ from uniovseg.benchmarking import (
     sa1b_training_example,
     summarize,
 )
-from uniovseg.benchmarking import timing as timing_module
+from benchmark_suite import timing as timing_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_STAGE1 = str(ROOT / "configs" / "tiny" / "stage1_tiny.yaml")
@@ -159,7 +162,7 @@ def test_synthetic_mask_logits_are_blobs_around_the_prompts_and_pass_the_iou_fil
 
 
 def test_synthetic_engine_replaces_point_outputs_and_is_restored():
-    from uniovseg.benchmarking.inputs import SyntheticLogitsEngine, use_synthetic_masks
+    from benchmark_suite.inputs import SyntheticLogitsEngine, use_synthetic_masks
     from uniovseg.modeling.automatic_mask_engine import AutomaticMaskGenerationEngine
     from uniovseg.modeling.image_frame import ImageFrame
 
@@ -328,7 +331,7 @@ def test_worker_exits_when_the_suite_process_dies(tmp_path):
     pid_file = tmp_path / "worker.pid"
     worker = (
         "import os, sys, time; sys.path.insert(0, sys.argv[2]);"
-        "from uniovseg.benchmarking.suite import _exit_with_parent; _exit_with_parent();"
+        "from benchmark_suite.suite import _exit_with_parent; _exit_with_parent();"
         "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
     )
     parent = (
@@ -336,8 +339,8 @@ def test_worker_exits_when_the_suite_process_dies(tmp_path):
         f"subprocess.Popen([sys.executable, '-c', {worker!r}, sys.argv[1], sys.argv[2]]);"
         "time.sleep(120)"
     )
-    repo = str(Path(__file__).resolve().parents[1])
-    suite = subprocess.Popen([sys.executable, "-c", parent, str(pid_file), repo])
+    tools_dir = str(Path(__file__).resolve().parents[1] / "tools")
+    suite = subprocess.Popen([sys.executable, "-c", parent, str(pid_file), tools_dir])
     try:
         deadline = time.monotonic() + 60
         while not pid_file.exists() or not pid_file.read_text():

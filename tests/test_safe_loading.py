@@ -469,7 +469,8 @@ def test_promptable_baselines_refuses_hostile_configs(hostile, capsys):
 
 
 def test_benchmarks_and_model_check_refuse_hostile_files(hostile):
-    from uniovseg.benchmarking.items import _build_model, build_config
+    sys.path.insert(0, str(ROOT / "tools"))  # the suite lives beside tools/benchmark.py
+    from benchmark_suite.items import _build_model, build_config
     from uniovseg.model_check import build_and_run
 
     with pytest.raises(ValueError, match="refused"):

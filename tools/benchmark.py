@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from uniovseg.benchmarking.suite import (  # noqa: E402
+from benchmark_suite.suite import (  # noqa: E402
     SuiteSettings,
     estimate_seconds,
     plan_items,

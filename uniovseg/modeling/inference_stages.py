@@ -4,7 +4,7 @@ Each step of :class:`~uniovseg.modeling.meta_arch.UniOVSeg`'s inference (and of 
 post-processing it calls) runs inside ``stage(name)``: a ``torch.profiler.record_function``
 scope named ``uniovseg.<name>`` (visible in any ``torch.profiler`` trace), and, inside an
 ``observe_stages(observer)`` block, the observer's own ``observer.stage(name)`` context (e.g. a
-:class:`~uniovseg.benchmarking.timing.StageTimer` or a FLOP counter). The benchmarks time the
+:class:`~benchmark_suite.timing.StageTimer` or a FLOP counter). The benchmarks time the
 model's real methods this way instead of replaying them. Outside such a block the cost is one
 ``record_function`` per stage.
 

@@ -165,7 +165,7 @@ def semantic_compute_floor(stage_flops: dict[str, float]) -> float | None:
     """The semantic/backbone ratio if every semantic-path stage ran at the backbone's
     operation rate: (operations of the path) / (operations of the backbone).
 
-    Element-wise work is not counted (see :class:`~uniovseg.benchmarking.flops.
+    Element-wise work is not counted (see :class:`~benchmark_suite.flops.
     StageFlopCounter`), so this is a lower bound on the ratio that faster kernels alone can
     reach: below it, only doing fewer operations helps. None without counts.
     """

@@ -99,7 +99,7 @@ class StageTimer:
         """
         Args:
             device: Synchronised at every boundary when it is a CUDA device.
-            meter: Optional :class:`~uniovseg.benchmarking.memory.PeakMemoryMeter` for
+            meter: Optional :class:`~benchmark_suite.memory.PeakMemoryMeter` for
                 per-stage peaks (it is reset at each boundary, so do not share it with an
                 enclosing measurement).
         """

@@ -2,7 +2,7 @@
 
 :class:`SuiteSettings` holds a run's options, :class:`ItemSpec` one measurement; :func:`run_item`
 builds the config and model an item needs and calls the matching benchmark
-(:mod:`~uniovseg.benchmarking.inference` or :mod:`~uniovseg.benchmarking.workloads`).
+(:mod:`~benchmark_suite.inference` or :mod:`~benchmark_suite.workloads`).
 """
 
 from __future__ import annotations

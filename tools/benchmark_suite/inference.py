@@ -2,7 +2,7 @@
 
 Stages are timed on the model's real ``model([{"image": ...}])``: its steps run as named stages
 (:mod:`uniovseg.modeling.inference_stages`) and :func:`run_observed` lets a
-:class:`~uniovseg.benchmarking.timing.StageTimer` (or a FLOP counter) observe them, with a
+:class:`~benchmark_suite.timing.StageTimer` (or a FLOP counter) observe them, with a
 device synchronisation at every boundary. The end-to-end times are taken without observer; the
 ratio of the per-run stage sums to them (``stage_sum_over_end_to_end``, expected close to 1)
 shows the cost of those boundaries.
@@ -103,8 +103,8 @@ def compile_model(model) -> list[str]:
 @torch.no_grad()
 def run_observed(model, image: torch.Tensor, observer) -> int:
     """One image through the model's own automatic open-vocabulary inference, its stages
-    observed by ``observer`` (a :class:`~uniovseg.benchmarking.timing.StageTimer` or
-    :class:`~uniovseg.benchmarking.flops.StageFlopCounter`).
+    observed by ``observer`` (a :class:`~benchmark_suite.timing.StageTimer` or
+    :class:`~benchmark_suite.flops.StageFlopCounter`).
 
     With a vocabulary both semantic and panoptic assembly run (each its own stage); the
     model's configured outputs are restored afterwards.
@@ -192,7 +192,7 @@ def benchmark_inference(
         alone, or None without a vocabulary), ``peak_memory_bytes`` (kind -> bytes, plus
         ``"stages"``), ``peak_memory_kind``, ``num_masks`` (image name -> K per timed run)
         and ``stage_flops`` (stage -> median over the images of its operation count, see
-        :class:`~uniovseg.benchmarking.flops.StageFlopCounter`).
+        :class:`~benchmark_suite.flops.StageFlopCounter`).
     """
     device = model.device
     meter = meter or PeakMemoryMeter(device)

@@ -6,8 +6,8 @@ natural reference), and the counts give a device-independent estimate of what th
 cost on a GPU.
 
 :class:`StageFlopCounter` has the ``stage(name)`` interface of
-:class:`~uniovseg.benchmarking.timing.StageTimer`, so either can observe the model's stages
-(:func:`~uniovseg.benchmarking.inference.run_observed`).
+:class:`~benchmark_suite.timing.StageTimer`, so either can observe the model's stages
+(:func:`~benchmark_suite.inference.run_observed`).
 Counting uses :class:`torch.utils.flop_counter.FlopCounterMode` (matrix products and
 convolutions: 2 operations per multiply-add), plus formulas for kernels it does not know:
 the CPU flash-attention kernel and the int8 matrix product of the mask NMS. Element-wise work

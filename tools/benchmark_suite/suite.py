@@ -4,14 +4,14 @@ default) and collects the report.
 Items (``--skip``/``--only`` take these names or shell patterns such as ``train_*_full``):
 
 * ``inference[<dtype>]`` (``[<dtype>,compile]`` with ``torch.compile``): per-stage and
-  end-to-end inference, see :mod:`uniovseg.benchmarking.inference`;
+  end-to-end inference, see :mod:`benchmark_suite.inference`;
 * ``text_classifier_<vocabulary>``: cold build of the text classifier;
 * ``train_stage1_<tiny|full>[<dtype>]``, ``train_stage2_<tiny|full>[<dtype>]``: one training
   step at batch 1.
 
 A fresh process per item keeps the CPU peak-memory measurements (process RSS) and the thread
 pools of one item from leaking into the next. The worker entry point is
-``python -m uniovseg.benchmarking.worker SPEC.json RESULT.json``.
+``python -m benchmark_suite.worker SPEC.json RESULT.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..logs import setup_logging
+from uniovseg.logs import setup_logging
 from .items import ItemSpec, SuiteSettings, build_config, run_item
 from .report import environment_info, write_report
 
@@ -171,13 +171,15 @@ def _run_isolated(spec: ItemSpec, settings: SuiteSettings) -> dict:
         env = dict(os.environ)
         threads = str(settings.threads)
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        # The worker imports this package from the same source tree, installed or not.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        # The worker imports this package (tools/) and uniovseg from the same source tree,
+        # installed or not.
+        tools_dir, root = (str(p) for p in Path(__file__).resolve().parents[1:3])
+        paths = (tools_dir, root, env.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         command = [
             sys.executable,
             "-m",
-            "uniovseg.benchmarking.worker",
+            "benchmark_suite.worker",
             str(spec_path),
             str(result_path),
         ]
@@ -201,7 +203,7 @@ def run_suite(
     keeps its finished items if interrupted).
 
     Returns:
-        The report dict (see :mod:`uniovseg.benchmarking.report`).
+        The report dict (see :mod:`benchmark_suite.report`).
     """
     items = plan_items(settings)
     if not items:
@@ -255,7 +257,7 @@ def _exit_with_parent() -> None:
 def worker_main(argv: list[str]) -> int:
     """Runs the item of ``argv = [SPEC.json, RESULT.json]`` (written by the parent process)."""
     if len(argv) != 2:
-        raise SystemExit("usage: python -m uniovseg.benchmarking.worker SPEC.json RESULT.json")
+        raise SystemExit("usage: python -m benchmark_suite.worker SPEC.json RESULT.json")
     setup_logging()
     _exit_with_parent()
     payload = json.loads(Path(argv[0]).read_text())
