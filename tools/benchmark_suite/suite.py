@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from uniovseg.logs import setup_logging
+
 from .items import ItemSpec, SuiteSettings, build_config, run_item
 from .report import environment_info, write_report
 
