@@ -12,28 +12,23 @@ into the same model rebuilds them). Prompts are encoded a bounded number at a ti
 synonyms per batch, so even thousands of classes need memory for one batch of prompt embeddings
 plus the result ``[S, D]`` (S synonyms), never ``[S x templates, D]``. An optional on-disk cache
 keyed by a hash of the text tower's weights skips the encoding across runs (worth it on CPU:
-ADE20K-847 is ~19k prompts). Its files are read with ``weights_only`` (no code runs) and written
-atomically; a truncated, corrupt or refused file is ignored with a warning and rewritten.
+ADE20K-847 is ~19k prompts; :mod:`uniovseg.modeling.text_embedding_cache`).
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
-from uniovseg.atomic_files import atomic_write
-from uniovseg.checkpoint import read_checkpoint
 from uniovseg.data.vocabulary import class_synonyms, resolve_vocabulary
+
+from .text_embedding_cache import ClassEmbeddings, TextEmbeddingDiskCache, text_weights_identity
 
 __all__ = [
     "TEMPLATE_SETS",
@@ -71,8 +66,6 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 _PLACEHOLDER = "{}"
 # CLIP's temperature is clamped at 100, as in CLIP training and FC-CLIP inference.
 _MAX_LOGIT_SCALE = 100.0
-# On-disk cache format version; bump when the stored tensors change meaning.
-_DISK_FORMAT = 1
 
 
 class TextEncoder(Protocol):
@@ -98,16 +91,6 @@ class RegionClassification(NamedTuple):
     logits: torch.Tensor
     probs: torch.Tensor
     void_probs: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class _ClassEmbeddings:
-    """Per-synonym text embeddings of one vocabulary: ``embeds`` [S, D] (unit norm, float32) and
-    ``synonym_to_class`` [S] (long, class index of each synonym, non-decreasing)."""
-
-    embeds: torch.Tensor
-    synonym_to_class: torch.Tensor
-    num_classes: int
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -190,9 +173,9 @@ class TextClassifier:
         self._fixed_logit_scale = float(logit_scale)
         self.void_entry = ", ".join(class_synonyms(void_prompt)) if void_prompt else ""
         self.cache_dir = cache_dir
+        self._disk_cache = TextEmbeddingDiskCache(cache_dir) if cache_dir else None
         self._max_cached = int(max_cached_vocabularies)
-        self._cache: collections.OrderedDict[tuple, _ClassEmbeddings] = collections.OrderedDict()
-        self._content_hashes: dict[tuple, str] = {}
+        self._cache: collections.OrderedDict[tuple, ClassEmbeddings] = collections.OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
         self._vocabulary: list[str] = []
@@ -310,7 +293,7 @@ class TextClassifier:
         return RegionClassification(logits, probs * (1.0 - void_probs.unsqueeze(-1)), void_probs)
 
     def _best_synonym_logits(
-        self, region_embeds: torch.Tensor, weights: _ClassEmbeddings
+        self, region_embeds: torch.Tensor, weights: ClassEmbeddings
     ) -> torch.Tensor:
         if region_embeds.dim() < 1 or region_embeds.shape[-1] != weights.embeds.shape[1]:
             raise ValueError(
@@ -335,11 +318,12 @@ class TextClassifier:
     def clear_cache(self) -> None:
         """Drops the in-memory embeddings (not the on-disk ones) and resets the counters."""
         self._cache.clear()
-        self._content_hashes.clear()
+        if self._disk_cache is not None:
+            self._disk_cache.forget_weight_hashes()
         self.cache_hits = self.cache_misses = 0
 
-    def _class_embeddings(self, entries: Sequence[str]) -> _ClassEmbeddings:
-        model_key = _weights_identity(self.text_encoder)
+    def _class_embeddings(self, entries: Sequence[str]) -> ClassEmbeddings:
+        model_key = text_weights_identity(self.text_encoder)
         key = (tuple(entries), self.templates, model_key)
         cached = self._cache.get(key)
         if cached is not None:
@@ -347,16 +331,18 @@ class TextClassifier:
             self.cache_hits += 1
             return cached
         self.cache_misses += 1
-        weights = self._read_disk_cache(entries, model_key)
+        disk, where = self._disk_cache, (entries, self.templates, self.text_encoder, model_key)
+        weights = disk.read(*where) if disk is not None else None
         if weights is None:
             weights = self._build(entries)
-            self._write_disk_cache(entries, model_key, weights)
+            if disk is not None:
+                disk.write(*where, weights)
         self._cache[key] = weights
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
         return weights
 
-    def _build(self, entries: Sequence[str]) -> _ClassEmbeddings:
+    def _build(self, entries: Sequence[str]) -> ClassEmbeddings:
         synonyms, owners = [], []
         for class_index, entry in enumerate(entries):
             names = class_synonyms(entry)
@@ -380,135 +366,8 @@ class TextClassifier:
             len(synonyms),
             num_templates,
         )
-        return _ClassEmbeddings(
+        return ClassEmbeddings(
             embeds=torch.cat(chunks),
             synonym_to_class=torch.tensor(owners, dtype=torch.long),
             num_classes=len(entries),
         )
-
-    # ------------------------------------------------------------------ disk cache
-    def _disk_path(self, entries: Sequence[str], model_key: tuple) -> str:
-        content = self._content_hashes.get(model_key)
-        if content is None:
-            content = _weights_content_hash(self.text_encoder)
-            self._content_hashes[model_key] = content
-        payload = json.dumps(
-            {"v": _DISK_FORMAT, "entries": list(entries), "templates": self.templates, "w": content}
-        )
-        digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-        return os.path.join(self.cache_dir, f"text_classifier_{digest}.pt")
-
-    def _read_disk_cache(self, entries: Sequence[str], model_key: tuple) -> _ClassEmbeddings | None:
-        """The cached embeddings of ``entries``, or None when there is no usable cache file.
-
-        The file is read by :func:`uniovseg.checkpoint.read_checkpoint` (``weights_only``: no
-        code runs). A truncated, corrupt, refused or inconsistent file is ignored with one
-        warning; the caller then rebuilds the embeddings and rewrites the file.
-        """
-        if not self.cache_dir:
-            return None
-        path = self._disk_path(entries, model_key)
-        if not os.path.isfile(path):
-            return None
-        try:
-            weights = _parse_disk_cache(read_checkpoint(path), num_classes=len(entries))
-        # read_checkpoint raises ValueError subclasses (UnsafeCheckpointError for pickled
-        # objects, CorruptCheckpointError for damaged bytes) or OSError; a file that reads but
-        # does not hold our three entries raises KeyError/TypeError/ValueError in the parser.
-        except (OSError, KeyError, TypeError, ValueError) as error:
-            reason = (str(error).strip().splitlines() or [""])[0]
-            logger.warning(
-                "Ignoring text-embedding cache %s, rebuilding it (%s: %s)",
-                path,
-                type(error).__name__,
-                reason,
-            )
-            return None
-        logger.info("Read text embeddings of %d classes from %s", len(entries), path)
-        return weights
-
-    def _write_disk_cache(
-        self, entries: Sequence[str], model_key: tuple, weights: _ClassEmbeddings
-    ) -> None:
-        if not self.cache_dir:
-            return
-        path = self._disk_path(entries, model_key)
-        with atomic_write(path) as handle:  # readers see the old file or the new one
-            torch.save(
-                {
-                    "embeds": weights.embeds.cpu(),
-                    "synonym_to_class": weights.synonym_to_class.cpu(),
-                    "num_classes": weights.num_classes,
-                },
-                handle,
-            )
-
-
-def _parse_disk_cache(data: object, *, num_classes: int) -> _ClassEmbeddings:
-    """Checks what an on-disk cache file held and wraps it.
-
-    Raises:
-        KeyError, TypeError, ValueError: not the ``{"embeds": [S, D] float tensor,
-            "synonym_to_class": [S] long tensor, "num_classes": int}`` written for
-            ``num_classes`` classes.
-    """
-    if not isinstance(data, dict):
-        raise TypeError(f"holds a {type(data).__name__}, not a dict")
-    embeds, owners = data["embeds"], data["synonym_to_class"]
-    if not torch.is_tensor(embeds) or not torch.is_tensor(owners):
-        raise TypeError("embeds and synonym_to_class are not tensors")
-    if (
-        embeds.dim() != 2
-        or not embeds.is_floating_point()
-        or owners.dim() != 1
-        or owners.dtype != torch.long
-        or len(embeds) != len(owners)
-        or int(data["num_classes"]) != num_classes
-    ):
-        raise ValueError(
-            f"inconsistent content (embeds {tuple(embeds.shape)}, synonym_to_class "
-            f"{tuple(owners.shape)}, num_classes {data['num_classes']}; expected {num_classes})"
-        )
-    return _ClassEmbeddings(embeds=embeds, synonym_to_class=owners, num_classes=num_classes)
-
-
-def _text_parameters(encoder) -> list[tuple[str, torch.Tensor]]:
-    """The text tower's parameters: every CLIP parameter outside ``visual.`` and the scale."""
-    model = getattr(encoder, "clip_model", encoder)
-    if not isinstance(model, torch.nn.Module):
-        return []
-    return [
-        (name, p)
-        for name, p in model.named_parameters()
-        if not name.startswith("visual.") and not name.startswith("logit_")
-    ]
-
-
-def _weights_identity(encoder) -> tuple:
-    """Cheap key that changes when the text weights are replaced, moved or modified in place.
-
-    Uses each parameter's storage address and version counter (bumped by in-place writes such as
-    ``load_state_dict``'s ``copy_``); encoders that are not modules are keyed by object identity.
-    """
-    params = _text_parameters(encoder)
-    if not params:
-        return (id(encoder),)
-    return (id(encoder),) + tuple(
-        (name, p.data_ptr(), p._version, p.dtype, p.device.type) for name, p in params
-    )
-
-
-def _weights_content_hash(encoder) -> str:
-    """SHA-256 of the text tower's weights (for the on-disk cache; ~1 s per GB on CPU)."""
-    params = _text_parameters(encoder)
-    if not params:
-        raise ValueError(
-            "the on-disk text cache needs an encoder whose text weights can be hashed (an "
-            "nn.Module or an object with a clip_model attribute); set cache_dir=''"
-        )
-    digest = hashlib.sha256()
-    for name, p in params:
-        digest.update(name.encode("utf-8"))
-        digest.update(str(tuple(p.shape)).encode("utf-8"))
-        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
