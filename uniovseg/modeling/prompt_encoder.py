@@ -144,15 +144,8 @@ class PromptEncoder(nn.Module):
             [B, P, T, C] tokens, T = :attr:`num_tokens`: corners first, then the single-mask
             token, then the granularity tokens.
         """
-        if prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}.")
-        if boxes.dim() != 3 or boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be [B, P, 4] XYXY, got {tuple(boxes.shape)}.")
-        if mask_features.shape[0] != boxes.shape[0] or mask_features.shape[1] != self.embed_dim:
-            raise ValueError(
-                f"mask_features must be [{boxes.shape[0]}, {self.embed_dim}, h, w], got "
-                f"{tuple(mask_features.shape)}."
-            )
+        # The caller (PromptMaskDecoder.decode, the public entry) has validated the prompt type
+        # and the shapes.
         batch, num_prompts, _ = boxes.shape
         height, width = image_size
         scale = boxes.new_tensor([width, height]).float()
