@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 from uniovseg.data.datasets.benchmarks import register_all_benchmarks
+from uniovseg.evaluation.paper_numbers import paper_result
 from uniovseg.evaluation.results_table import (
     PANOPTIC_COLUMNS,
+    PAPER_COMPARISON_TITLE,
     SEMANTIC_COLUMNS,
     format_results_table,
     format_run_results,
@@ -82,3 +84,43 @@ def test_several_methods_promptable_and_other_datasets():
     assert _rows(text, "Other datasets (%)")[1:] == [
         ["baseline", "x_pan", "-", "5.0", "50.0", "10.0"]
     ]
+
+
+def test_paper_numbers_beside_the_measured_ones(tmp_path):
+    register_all_benchmarks(str(tmp_path), prefix="paper_")
+    results = {
+        "paper_ade20k_150_sem_seg_val": {"sem_seg": {"mIoU": 30.04}},
+        "paper_coco_panoptic_sem_seg_val": {"sem_seg": {"mIoU": 40.0}},
+        "paper_cityscapes_panoptic_val": {"panoptic_seg": {"PQ": 18.0, "SQ": 60.0, "RQ": math.nan}},
+        "my_own_val": {"sem_seg": {"mIoU": 12.3}},
+        "x_prompt": {"promptable": {"1pt_oracle_iou": 70.0, "num_instances": 3}},
+    }
+    text = format_run_results(results, method="ours")
+    rows = _rows(text, PAPER_COMPARISON_TITLE)
+    assert rows[0] == ["Method", "Dataset", "Metric", "Measured", "Paper", "Difference", "Source"]
+    by_key = {(r[1], r[2]): r[3:] for r in rows[1:]}
+    assert by_key[("paper_ade20k_150_sem_seg_val", "mIoU")] == ["30.0", "32.6", "-2.6", "Table 1"]
+    assert by_key[("paper_coco_panoptic_sem_seg_val", "mIoU")] == [
+        "40.0",
+        "42.7",
+        "-2.7",
+        "Table 3",
+    ]
+    assert by_key[("paper_cityscapes_panoptic_val", "PQ")] == ["18.0", "17.5", "+0.5", "Table 2"]
+    assert by_key[("paper_cityscapes_panoptic_val", "RQ")] == ["nan", "23.5", "-", "Table 2"]
+    # Datasets and metrics the paper does not report: a dash.
+    assert by_key[("my_own_val", "mIoU")] == ["12.3", "-", "-", "-"]
+    assert by_key[("x_prompt", "1-pt IoU (oracle)")] == ["70.0", "-", "-", "-"]
+    assert PAPER_COMPARISON_TITLE not in format_run_results(results, compare_to_paper=False)
+
+
+def test_paper_numbers_are_uni_ovsegs_rows():
+    assert paper_result("A-847", "mIoU") == (13.5, "Table 1")
+    assert paper_result("PAS-20", "mIoU").value == 91.9
+    assert paper_result("ADE20K", "RQ") == (19.0, "Table 2")
+    assert paper_result("COCO", "PQ").value == 18.0
+    assert paper_result("ADE20K", "mIoU") is None
+    assert paper_result(None, "mIoU") is None
+    # Every column of the semantic and panoptic tables has its number.
+    assert all(paper_result(c, "mIoU") for c in SEMANTIC_COLUMNS)
+    assert all(paper_result(c, m) for c in PANOPTIC_COLUMNS for m in ("PQ", "SQ", "RQ"))

@@ -33,6 +33,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from uniovseg.evaluation.mask_classification import read_gt_segments
 from uniovseg.modeling.open_vocab_postprocessing import thing_classes_from_metadata
 
 __all__ = ["AlignmentMonitor", "MonitorImage", "load_monitor_images", "monitor_metrics"]
@@ -50,33 +51,6 @@ class MonitorImage:
     labels: torch.Tensor
 
 
-def _segments(record: dict, metadata) -> tuple[np.ndarray, np.ndarray]:
-    """(bool masks [N, H, W], contiguous labels [N]) of one dataset dict."""
-    if "pan_seg_file_name" in record and "segments_info" in record:
-        from panopticapi.utils import rgb2id
-
-        ids = rgb2id(read_image(record["pan_seg_file_name"], format="RGB").astype(np.int64))
-        segments = [s for s in record["segments_info"] if not s.get("iscrowd", 0)]
-        masks = [ids == s["id"] for s in segments]
-        labels = [int(s["category_id"]) for s in segments]
-    elif "sem_seg_file_name" in record:
-        sem = read_image(record["sem_seg_file_name"]).astype(np.int64)
-        sem = sem[..., 0] if sem.ndim == 3 else sem
-        ignore = int(metadata.get("ignore_label", 255))
-        labels = [int(c) for c in np.unique(sem) if c != ignore]
-        masks = [sem == c for c in labels]
-    else:
-        raise ValueError(
-            f"ALIGNMENT.MONITOR.DATASET {metadata.name!r} has neither panoptic nor semantic "
-            "ground truth (pan_seg_file_name / sem_seg_file_name)"
-        )
-    keep = [i for i, m in enumerate(masks) if m.any()]
-    height, width = ids.shape if "pan_seg_file_name" in record else sem.shape
-    if not keep:
-        return np.zeros((0, height, width), bool), np.zeros((0,), np.int64)
-    return np.stack([masks[i] for i in keep]), np.array([labels[i] for i in keep], np.int64)
-
-
 def load_monitor_images(dataset_name: str, num_images: int) -> list[MonitorImage]:
     """The first ``num_images`` images of a registered dataset that have a labelled segment."""
     metadata = MetadataCatalog.get(dataset_name)
@@ -84,7 +58,7 @@ def load_monitor_images(dataset_name: str, num_images: int) -> list[MonitorImage
     for record in DatasetCatalog.get(dataset_name):
         if len(out) >= num_images:
             break
-        masks, labels = _segments(record, metadata)
+        masks, labels = read_gt_segments(record, metadata)
         if not len(labels):
             continue
         image = read_image(record["file_name"], format="RGB")

@@ -9,6 +9,10 @@ paper's column named by its metadata key ``paper_column`` (set by
 :mod:`uniovseg.data.datasets.benchmarks`); datasets without one are listed under "Other
 datasets". Missing entries print as ``-``. Output: Markdown tables, numbers in percent with one
 decimal as in the paper.
+
+A last table puts every measured number beside the paper's own result for Uni-OVSeg
+(:mod:`uniovseg.evaluation.paper_numbers`, with the table it comes from); a dataset or metric
+the paper does not report shows ``-`` there.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from uniovseg.evaluation.paper_numbers import paper_result
+
 __all__ = [
     "PANOPTIC_COLUMNS",
+    "PAPER_COMPARISON_TITLE",
     "SEMANTIC_COLUMNS",
     "format_results_table",
     "format_run_results",
@@ -35,6 +42,7 @@ _PROMPTABLE_METRICS = (
     ("1-box IoU", "1box_iou"),
 )
 _MISSING = "-"
+PAPER_COMPARISON_TITLE = "Measured vs. the paper (Uni-OVSeg, ConvNeXt-L CLIP; - = not reported)"
 
 
 def normalize_test_results(results: Mapping, dataset_names: Sequence[str]) -> dict[str, dict]:
@@ -64,6 +72,40 @@ def _fmt(value) -> str:
     return "nan" if math.isnan(value) else f"{value:.1f}"
 
 
+def _diff(measured, paper) -> str:
+    if measured is None or paper is None or math.isnan(float(measured)):
+        return _MISSING
+    return f"{float(measured) - paper.value:+.1f}"
+
+
+def _paper_comparison_rows(
+    method: str, name: str, column: str | None, result: Mapping
+) -> list[list[str]]:
+    """[method, dataset, metric, measured, paper, difference, source] per measured metric."""
+    measured = []
+    if result.get("sem_seg") is not None:
+        measured.append(("mIoU", "mIoU", result["sem_seg"].get("mIoU")))
+    if result.get("panoptic_seg") is not None:
+        measured += [(m, m, result["panoptic_seg"].get(m)) for m in _PANOPTIC_METRICS]
+    if result.get("promptable") is not None:
+        measured += [(h, k, result["promptable"].get(k)) for h, k in _PROMPTABLE_METRICS]
+    rows = []
+    for label, key, value in measured:
+        paper = paper_result(column, key)
+        rows.append(
+            [
+                method,
+                name,
+                label,
+                _fmt(value),
+                _MISSING if paper is None else f"{paper.value:.1f}",
+                _diff(value, paper),
+                _MISSING if paper is None else paper.source,
+            ]
+        )
+    return rows
+
+
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
@@ -75,7 +117,10 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_results_table(
-    rows: Mapping[str, Mapping[str, Mapping]], *, columns: Mapping[str, str] | None = None
+    rows: Mapping[str, Mapping[str, Mapping]],
+    *,
+    columns: Mapping[str, str] | None = None,
+    compare_to_paper: bool = True,
 ) -> str:
     """Formats the paper's tables for one or more methods.
 
@@ -83,10 +128,15 @@ def format_results_table(
         rows: method label -> dataset name -> that dataset's evaluation results.
         columns: dataset name -> paper column (e.g. ``{"my_ade_val": "A-150"}``); names not in
             it are looked up in the dataset's metadata (``paper_column``).
+        compare_to_paper: Add the table of measured numbers beside the paper's
+            (:data:`PAPER_COMPARISON_TITLE`).
 
     Returns:
         Markdown text: the semantic (mIoU) and panoptic (PQ/SQ/RQ) tables always, a promptable
-        table and an "Other datasets" table when there is something to show.
+        table and an "Other datasets" table when there is something to show, then (with
+        ``compare_to_paper``) one row per measured metric: method, dataset, metric, measured,
+        the paper's number, their difference and the paper's table (``-`` where the paper
+        reports nothing for that dataset and metric).
     """
     columns = dict(columns or {})
 
@@ -94,11 +144,13 @@ def format_results_table(
         return columns[name] if name in columns else _paper_column(name)
 
     semantic_rows, panoptic_rows, promptable_rows, other_rows = [], [], [], []
+    comparison_rows = []
     for method, by_dataset in rows.items():
         semantic: dict[str, float] = {}
         panoptic: dict[str, Mapping] = {}
         for name, result in by_dataset.items():
             column = column_of(name)
+            comparison_rows += _paper_comparison_rows(method, name, column, result)
             sem, pan, prompt = (result.get(k) for k in ("sem_seg", "panoptic_seg", "promptable"))
             if sem is not None and column in SEMANTIC_COLUMNS:
                 semantic[column] = sem.get("mIoU")
@@ -154,6 +206,15 @@ def format_results_table(
             "Other datasets (%)",
             _markdown(["Method", "Dataset", "mIoU", *_PANOPTIC_METRICS], other_rows),
         ]
+    if compare_to_paper and comparison_rows:
+        parts += [
+            "",
+            PAPER_COMPARISON_TITLE,
+            _markdown(
+                ["Method", "Dataset", "Metric", "Measured", "Paper", "Difference", "Source"],
+                comparison_rows,
+            ),
+        ]
     return "\n".join(parts)
 
 
@@ -162,6 +223,9 @@ def format_run_results(
     *,
     method: str = "Uni-OVSeg (this run)",
     columns: Mapping[str, str] | None = None,
+    compare_to_paper: bool = True,
 ) -> str:
     """:func:`format_results_table` for a single method (one ``--eval-only`` run)."""
-    return format_results_table({method: results_by_dataset}, columns=columns)
+    return format_results_table(
+        {method: results_by_dataset}, columns=columns, compare_to_paper=compare_to_paper
+    )
