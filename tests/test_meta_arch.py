@@ -89,23 +89,25 @@ def test_automatic_generation_keeps_masks_when_the_filters_allow_it(cfg):
 def test_promptable_evaluation_output_contract(model, cfg):
     model.eval()
     size = cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE
-    image = torch.zeros(3, size, size, dtype=torch.uint8)
-    (output,) = model(
-        [
-            {
-                "image": image,
-                "image_size": (100, 120),
-                "point_coords": torch.tensor([[10.0, 20.0], [60.0, 50.0], [100.0, 90.0]]),
-                "box_prompts": torch.tensor([[0.0, 0.0, 50.0, 40.0]] * 3),
-            }
-        ]
-    )
+    # The mapper passes the image at its original size; the model preprocesses it as any image.
+    image = torch.zeros(3, size * 3 // 8, size // 2, dtype=torch.uint8)
+    valid = (size * 3 // 4, size)
+    example = {
+        "image": image,
+        "image_size": valid,
+        "point_coords": torch.tensor([[10.0, 20.0], [60.0, 50.0], [100.0, 90.0]]),
+        "box_prompts": torch.tensor([[0.0, 0.0, 50.0, 40.0]] * 3),
+    }
+    (output,) = model([example])
     evaluation = output["prompt_eval"]
-    assert evaluation["point_masks"].shape == (3, 4, 100, 120)
+    assert evaluation["point_masks"].shape == (3, 4, *valid)
     assert evaluation["point_masks"].dtype == torch.bool
     assert evaluation["point_iou"].shape == (3, 4)
     assert ((evaluation["point_iou"] >= 0) & (evaluation["point_iou"] <= 1)).all()
-    assert evaluation["box_masks"].shape == (3, 1, 100, 120)
+    assert evaluation["box_masks"].shape == (3, 1, *valid)
+    # Ground truth resized by another geometry than the model's is refused, not mis-scored.
+    with pytest.raises(ValueError, match="same config"):
+        model([{**example, "image_size": (valid[0] - 1, valid[1])}])
 
 
 def test_invalid_settings_are_refused(cfg):
