@@ -72,6 +72,21 @@ def test_stage_outputs_are_the_trunk_features(backbone):
         torch.testing.assert_close(outputs[f"res{i + 2}"], stage_map)
 
 
+def test_feature_maps_are_contiguous_as_the_releases(backbone):
+    """timm's ConvNeXt stages return channels-last strides; the release hands the pixel decoder
+    contiguous NCHW maps (its kernels then sum in the release's order)."""
+    images = _images()
+    trunk = backbone.clip_model.visual.trunk
+    with torch.no_grad():
+        raw = trunk.stages[0](trunk.stem(images))
+    # Without the fix there is something to fix: otherwise this test could not fail.
+    assert not raw.is_contiguous()
+    outputs = backbone(images)
+    for name, features in outputs.items():
+        assert features.is_contiguous(), name
+    torch.testing.assert_close(outputs["res2"], raw, rtol=0, atol=0)
+
+
 def test_rejects_non_rgb_images(backbone):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         backbone(torch.zeros(1, 1, 64, 64))

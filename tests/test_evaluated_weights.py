@@ -180,7 +180,8 @@ def test_benchmark_configs_say_which_model_they_evaluate(config, adapter, allowe
     if not adapter:
         main = load_config(get_config_file(config.replace("_baseline", "")))
         assert cfg.DATASETS.TEST == main.DATASETS.TEST
-        assert cfg.INPUT.MIN_SIZE_TEST == main.INPUT.MIN_SIZE_TEST
+        assert cfg.MODEL.UNIOVSEG.TEST.RESIZE_MODE == main.MODEL.UNIOVSEG.TEST.RESIZE_MODE
+        assert cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE == main.MODEL.UNIOVSEG.TEST.INPUT_SIZE
 
 
 def test_readme_evaluates_stage2_weights_and_names_the_baseline():

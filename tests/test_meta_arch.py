@@ -89,34 +89,38 @@ def test_automatic_generation_keeps_masks_when_the_filters_allow_it(cfg):
 def test_promptable_evaluation_output_contract(model, cfg):
     model.eval()
     size = cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE
-    image = torch.zeros(3, size, size, dtype=torch.uint8)
-    (output,) = model(
-        [
-            {
-                "image": image,
-                "image_size": (100, 120),
-                "point_coords": torch.tensor([[10.0, 20.0], [60.0, 50.0], [100.0, 90.0]]),
-                "box_prompts": torch.tensor([[0.0, 0.0, 50.0, 40.0]] * 3),
-            }
-        ]
-    )
+    # The mapper passes the image at its original size; the model preprocesses it as any image.
+    image = torch.zeros(3, size * 3 // 8, size // 2, dtype=torch.uint8)
+    valid = (size * 3 // 4, size)
+    example = {
+        "image": image,
+        "image_size": valid,
+        "point_coords": torch.tensor([[10.0, 20.0], [60.0, 50.0], [100.0, 90.0]]),
+        "box_prompts": torch.tensor([[0.0, 0.0, 50.0, 40.0]] * 3),
+    }
+    (output,) = model([example])
     evaluation = output["prompt_eval"]
-    assert evaluation["point_masks"].shape == (3, 4, 100, 120)
+    assert evaluation["point_masks"].shape == (3, 4, *valid)
     assert evaluation["point_masks"].dtype == torch.bool
     assert evaluation["point_iou"].shape == (3, 4)
     assert ((evaluation["point_iou"] >= 0) & (evaluation["point_iou"] <= 1)).all()
-    assert evaluation["box_masks"].shape == (3, 1, 100, 120)
+    assert evaluation["box_masks"].shape == (3, 1, *valid)
+    # Ground truth resized by another geometry than the model's is refused, not mis-scored.
+    with pytest.raises(ValueError, match="same config"):
+        model([{**example, "image_size": (valid[0] - 1, valid[1])}])
 
 
 def test_promptable_evaluation_ends_box_masks_at_the_box_when_asked(model, cfg):
     model.eval()
     size = cfg.MODEL.UNIOVSEG.TEST.INPUT_SIZE
     torch.manual_seed(1)
-    image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+    # Original 60 x 72; the model resizes it to the valid frame (size * 5/6, size), rounded.
+    image = torch.randint(0, 256, (3, 60, 72), dtype=torch.uint8)
+    valid = (round(size * 5 / 6), size)
     box = [10.0, 20.0, 50.0, 40.0]
     x = {
         "image": image,
-        "image_size": (100, 120),
+        "image_size": valid,
         "point_coords": torch.tensor([[30.0, 30.0]]),
         "box_prompts": torch.tensor([box]),
     }
@@ -126,7 +130,7 @@ def test_promptable_evaluation_ends_box_masks_at_the_box_when_asked(model, cfg):
         limited = model([x])[0]["prompt_eval"]["box_masks"][0, 0]
     finally:
         model.box_masks_inside_box = False
-    in_box = torch.zeros(100, 120, dtype=torch.bool)
+    in_box = torch.zeros(valid, dtype=torch.bool)
     in_box[20:40, 10:50] = True
     assert plain[~in_box].any()  # random weights spill over the box: the case is not trivial
     assert not limited[~in_box].any()

@@ -69,7 +69,7 @@ def coco(tmp_path):
 
 
 def _masks(name: str) -> list:
-    mapper = PromptableEvalMapper(input_size=60, pad_value=(0, 0, 0))  # no resize: 40 x 60
+    mapper = PromptableEvalMapper(input_size=60)  # no resize: 40 x 60
     return [mapper(d) for d in DatasetCatalog.get(name)]
 
 
@@ -234,9 +234,7 @@ def test_real_voc_sample_coco_json_scores_its_own_masks_100_with_the_grid_protoc
     dicts = DatasetCatalog.get("voc_sample_promptable")
     assert len(dicts) == len(data["images"])
     non_crowd = sum(1 for a in data["annotations"] if not a.get("iscrowd", 0))
-    mapper = PromptableEvalMapper(
-        input_size=512, pad_value=(0, 0, 0), point_prompts="grid", grid_size=20
-    )
+    mapper = PromptableEvalMapper(input_size=512, point_prompts="grid", grid_size=20)
     evaluator = PromptableEvaluator(distributed=False)
     instances = 0
     for record in dicts:

@@ -16,6 +16,8 @@ from uniovseg.evaluation.promptable_evaluator import (
     PromptableEvaluator,
     best_mask_iou,
 )
+from uniovseg.modeling.image_frame import inference_frame
+from uniovseg.modeling.image_preprocessing import RELEASE_PAD_VALUE, resize_and_pad
 
 H, W = 60, 80  # original image
 RECT = (10, 10, 50, 30)  # x0, y0, x1, y1 of a red rectangle
@@ -53,17 +55,18 @@ def instance_dict(tmp_path):
 
 
 def _mapper(**kwargs):
-    return PromptableEvalMapper(input_size=64, pad_value=(1, 2, 3), **kwargs)
+    return PromptableEvalMapper(input_size=64, **kwargs)
 
 
 def test_mapper_resize_pad_masks_prompts(instance_dict):
     out = _mapper()(instance_dict)
-    # Longest side 80 -> 64: scale 0.8, valid region 48 x 64, padded to 64 x 64 at the bottom.
+    # Longest side 80 -> 64: scale 0.8, valid region 48 x 64 of the model's 64 x 64 input.
     assert out["image_size"] == (48, 64)
     assert (out["height"], out["width"]) == (H, W)
-    image = out["image"]
-    assert image.dtype == torch.uint8 and image.shape == (3, 64, 64)
-    assert (image[:, 48:] == torch.tensor([1, 2, 3], dtype=torch.uint8)[:, None, None]).all()
+    # The image stays at its original size: the model preprocesses it as any test image.
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, H, W)
+    frame = inference_frame((H, W), 64)
+    image = resize_and_pad(out["image"], frame, pad_value=RELEASE_PAD_VALUE)
     gt = out["gt_masks"]
     assert gt.dtype == torch.bool and gt.shape == (2, 48, 64)
     assert out["file_name"] == instance_dict["file_name"] and out["image_id"] == 7
@@ -141,7 +144,6 @@ def test_mapper_from_config():
     add_uniovseg_config(cfg)
     mapper = PromptableEvalMapper(cfg, include_crowd=False)
     assert mapper.input_size == 1024 and mapper.resize_mode == "longest_side"
-    assert mapper.pad_value == tuple(float(round(m)) for m in cfg.MODEL.PIXEL_MEAN)
 
 
 def test_mask_centre_point_touching_border():

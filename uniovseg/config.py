@@ -128,7 +128,9 @@ def _add_stage1_training_config(cfg: CN) -> None:
     c.MAX_MASKS_PER_IMAGE = 40
     # Training point prompts: a POINT_GRID_SIZE x POINT_GRID_SIZE grid over the valid region.
     c.POINT_GRID_SIZE = 10
-    # Value (0-255) of padded pixels; 128 as detectron2's FixedSizeCrop (the release's recipe).
+    # Grey level (0-255) of padded pixels, in pixel space before normalisation, in training (the
+    # SA-1B and caption mappers) and at test time (the model's preprocessing: predictor, demo,
+    # automatic masks, evaluation); 128 as detectron2's FixedSizeCrop, the release's recipe.
     c.PAD_VALUE = 128.0
     # True: skip images with no mask left after filtering/cropping (the loader picks another);
     # False: keep them with zero masks (they then give zero loss).
@@ -242,10 +244,11 @@ def _add_inference_config(cfg: CN) -> None:
     # Side S of the square, bottom/right-padded test input (release: 1024). Images are never
     # cropped: the resized image must fit inside S x S.
     t.INPUT_SIZE = 1024
-    # How test images are resized before padding to INPUT_SIZE: "longest_side" (the longest side
-    # becomes INPUT_SIZE, the release's geometry) or "shortest_edge" (detectron2's
-    # ResizeShortestEdge with INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST; MAX_SIZE_TEST must then
-    # be <= INPUT_SIZE).
+    # How test images are resized before padding to INPUT_SIZE (uint8 image, PIL bilinear, as
+    # detectron2's ResizeTransform; sides rounded as its ResizeShortestEdge): "longest_side" (the
+    # longest side becomes INPUT_SIZE, the release's geometry; INPUT.MIN_SIZE_TEST and
+    # INPUT.MAX_SIZE_TEST are then not read) or "shortest_edge" (ResizeShortestEdge with
+    # INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST; MAX_SIZE_TEST must then be <= INPUT_SIZE).
     t.RESIZE_MODE = "longest_side"
     # Inference precision: "" (float32), "bf16" or "fp16": torch.autocast around the network at
     # test time (thresholds, stability scores and NMS stay float32). On a CPU with AVX512-BF16

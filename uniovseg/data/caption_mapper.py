@@ -2,7 +2,8 @@
 
 Each call reads one image of a caption manifest row (see
 :func:`uniovseg.data.datasets.captions.load_caption_manifest`), resizes it so that its longest
-side is the crop size and pads it bottom/right to a square. There is no random crop: the masks
+side is the crop size and pads it bottom/right to a square with grey in pixel space, exactly as a
+test image (:mod:`uniovseg.modeling.image_preprocessing`). There is no random crop: the masks
 predicted on the image and the entities of the caption must both describe the whole picture (a
 crop could cut away a named object). An optional horizontal flip is off by default because
 captions may name positions ("on the left").
@@ -30,11 +31,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils
+
+from uniovseg.modeling.image_frame import inference_frame
+from uniovseg.modeling.image_preprocessing import pad_bottom_right, resize_uint8
 
 from .entity_extraction import PARSER_NAMES, build_entity_parser
 
@@ -101,7 +104,8 @@ class CaptionDatasetMapper:
             max_entities: Keep at most this many entities (0 = all).
             skip_without_entities: Return None for captions without entities.
             flip_prob: Probability of a horizontal flip.
-            pad_value: Value (0-255) of padded pixels (128, as the SA-1B mapper).
+            pad_value: Value (0-255) of padded pixels in pixel space (128, as the SA-1B mapper
+                and the model's test preprocessing).
             skip_log_period: Log a summary warning every this many skipped images.
         """
         if entity_source not in ENTITY_SOURCES:
@@ -200,17 +204,14 @@ class CaptionDatasetMapper:
         if height == 0 or width == 0:
             self._skip("empty_image", file_name)
             return None
-        scale = self.crop_size / max(height, width)
-        new_h = min(self.crop_size, max(1, round(height * scale)))
-        new_w = min(self.crop_size, max(1, round(width * scale)))
-        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        if resized.ndim == 2:  # cv2 drops a singleton channel axis
-            resized = resized[:, :, None]
+        # The test-time geometry and resize (the release's): the point-grid masks of stage 2 are
+        # predicted on the same kind of input as at inference.
+        frame = inference_frame((height, width), self.crop_size)
+        new_h, new_w = frame.valid_size
+        resized = resize_uint8(image, frame.valid_size)
         if self.flip_prob and random.random() < self.flip_prob:
             resized = resized[:, ::-1]
-        out = np.full((self.crop_size, self.crop_size, 3), self.pad_value, dtype=np.uint8)
-        out[:new_h, :new_w] = resized
+        out = pad_bottom_right(resized, frame.padded_size, pad_value=self.pad_value)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
             "image_size": (new_h, new_w),

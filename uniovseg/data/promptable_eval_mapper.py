@@ -5,10 +5,12 @@ point protocol ``"centre"``, one point prompt (the mask "centre": the maximum of
 transform, always inside the mask). With ``"grid"``, the paper's protocol (App. B; Fig. 3 and 8:
 "a 20x20 point grid as visual prompt"), the point prompts are instead a uniform grid over the
 image, the same grid as automatic mask generation (cell centres of the valid region), and the
-evaluator scores each ground-truth mask by the best of all the grid's masks. The image is resized as
-configured and padded bottom/right to a fixed square input, as at automatic-inference time; the
-ground-truth masks and prompts live in the resized, unpadded ("valid") frame, which is the frame
-the model's promptable-eval outputs use.
+evaluator scores each ground-truth mask by the best of all the grid's masks. The image is passed
+on at its original size: the model resizes and pads it with the preprocessing of every other
+test image (:meth:`UniOVSeg.preprocess_image`). The ground-truth masks and prompts live in the
+resized, unpadded ("valid") frame of that preprocessing, the frame of the model's promptable-eval
+outputs; the mapper resizes them there with the same geometry
+(:func:`~uniovseg.modeling.image_frame.inference_frame`).
 
 Two dataset-dict flavours are read:
     * detectron2 instance dicts (COCO, LVIS, ...): ``annotations`` with ``segmentation`` as
@@ -110,9 +112,9 @@ class PromptableEvalMapper:
     """Maps a dataset dict with instance masks to the promptable-evaluation input of the model.
 
     The output dict has:
-        * ``image``: uint8 tensor [3, S, S] (channels in ``image_format`` order), the resized image
-          in the top-left ``image_size`` region, ``pad_value`` elsewhere;
-        * ``image_size``: ``(h, w)`` of the valid (resized, unpadded) region;
+        * ``image``: uint8 tensor [3, H, W] (channels in ``image_format`` order), the image at its
+          original size (the model resizes and pads it);
+        * ``image_size``: ``(h, w)`` of the valid (resized, unpadded) region of the model's input;
         * ``height``, ``width``: original image size;
         * ``gt_masks``: bool tensor [G, h, w], non-empty ground-truth masks in the valid frame;
         * ``point_coords``: float32 tensor [P, 2] of (x, y) in input pixels: with
@@ -135,7 +137,6 @@ class PromptableEvalMapper:
         min_size_test: int = 800,
         max_size_test: int = 1333,
         image_format: str = "RGB",
-        pad_value: tuple[float, float, float] = (0.0, 0.0, 0.0),
         include_crowd: bool = False,
         point_prompts: str = "centre",
         grid_size: int = 20,
@@ -149,9 +150,6 @@ class PromptableEvalMapper:
             min_size_test: Shortest-edge target for ``"shortest_edge"``.
             max_size_test: Longest-edge cap for ``"shortest_edge"``.
             image_format: detectron2 image format the model expects (``"RGB"`` for CLIP).
-            pad_value: Per-channel value (0-255) of padded pixels. ``from_config`` uses the
-                rounded pixel mean, so padding normalises to ~0, as the release's padding of the
-                normalised tensor with zeros.
             include_crowd: Also evaluate ``iscrowd`` regions.
             point_prompts: ``"centre"`` (one point per mask) or ``"grid"`` (a uniform grid; the
                 paper's protocol), see :data:`POINT_PROTOCOLS`.
@@ -165,8 +163,6 @@ class PromptableEvalMapper:
                 "could not be padded to the input without cropping; lower INPUT.MAX_SIZE_TEST or "
                 "raise MODEL.UNIOVSEG.TEST.INPUT_SIZE"
             )
-        if len(pad_value) != 3:
-            raise ValueError(f"pad_value must have 3 channel values, got {pad_value!r}")
         if point_prompts not in POINT_PROTOCOLS:
             raise ValueError(
                 f"point_prompts (MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS) must be one of "
@@ -182,7 +178,6 @@ class PromptableEvalMapper:
         self.min_size_test = int(min_size_test)
         self.max_size_test = int(max_size_test)
         self.image_format = image_format
-        self.pad_value = tuple(float(v) for v in pad_value)
         self.include_crowd = bool(include_crowd)
         self.point_prompts = point_prompts
         self.grid_size = grid_size
@@ -196,7 +191,6 @@ class PromptableEvalMapper:
             "min_size_test": min_size if isinstance(min_size, int) else min_size[0],
             "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
             "image_format": cfg.INPUT.FORMAT,
-            "pad_value": tuple(float(round(m)) for m in cfg.MODEL.PIXEL_MEAN),
             "point_prompts": cfg.MODEL.UNIOVSEG.TEST.PROMPTABLE_POINTS,
             "grid_size": cfg.MODEL.UNIOVSEG.TEST.PROMPTABLE_GRID_SIZE,
         }
@@ -218,12 +212,8 @@ class PromptableEvalMapper:
         detection_utils.check_image_size(dataset_dict, image)
         height, width = image.shape[:2]
         new_h, new_w = self.resized_shape(height, width)
+        # Nearest-neighbour, as detectron2 resizes segmentations alongside a resized image.
         resize = T.ResizeTransform(height, width, new_h, new_w)
-
-        size = self.input_size
-        padded = np.empty((size, size, 3), dtype=np.uint8)
-        padded[...] = np.asarray(self.pad_value, dtype=np.float64).round().astype(np.uint8)
-        padded[:new_h, :new_w] = resize.apply_image(image)
 
         masks = self._read_masks(dataset_dict, height, width)
         resized = np.zeros((len(masks), new_h, new_w), dtype=bool)
@@ -237,7 +227,7 @@ class PromptableEvalMapper:
         resized = resized[nonempty]
 
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1))),
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "image_size": (new_h, new_w),
             "height": height,
             "width": width,

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from uniovseg.modeling.image_preprocessing import pad_bottom_right, resize_uint8
+
 __all__ = ["ColorAugSSD", "ScaleJitterCrop", "sample_scale_jitter_crop"]
 
 
@@ -78,8 +80,8 @@ class ScaleJitterCrop(NamedTuple):
         """Resizes, crops, flips and pads an image.
 
         Args:
-            image: uint8 array [H, W, C] with H, W = ``src_h``, ``src_w``.
-            pad_value: Value of the padded pixels (0-255).
+            image: uint8 array [H, W, C] (C = 1 or 3) with H, W = ``src_h``, ``src_w``.
+            pad_value: Value of the padded pixels (0-255), in pixel space.
 
         Returns:
             uint8 array [S, S, C]; the valid region is ``[:crop_h, :crop_w]``.
@@ -89,18 +91,14 @@ class ScaleJitterCrop(NamedTuple):
                 f"image is {image.shape[:2]} but the jitter was sampled for "
                 f"{(self.src_h, self.src_w)}; sample it from this image's size"
             )
-        # Area interpolation when shrinking avoids aliasing (SA-1B photos shrink ~2x to 1024).
-        shrinking = self.resized_h * self.resized_w < self.src_h * self.src_w
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (self.resized_w, self.resized_h), interpolation=interpolation)
-        if resized.ndim == 2:  # cv2 drops a singleton channel axis
-            resized = resized[:, :, None]
+        # The release's resize (detectron2 ResizeScale -> ResizeTransform: PIL bilinear on the
+        # uint8 image), the same function as at test time, so train and test inputs agree.
+        resized = resize_uint8(image, (self.resized_h, self.resized_w))
         window = resized[self.y0 : self.y0 + self.crop_h, self.x0 : self.x0 + self.crop_w]
         if self.flip:
             window = window[:, ::-1]
-        out = np.full((self.size, self.size, image.shape[2]), pad_value, dtype=np.uint8)
-        out[: self.crop_h, : self.crop_w] = window
-        return out
+        # Grey padding in pixel space, before normalisation (detectron2 FixedSizeCrop).
+        return pad_bottom_right(window, (self.size, self.size), pad_value=pad_value)
 
     def apply_mask_into(self, mask_wh: np.ndarray, out: np.ndarray) -> None:
         """Resizes (nearest), crops and flips one binary mask into a preallocated canvas.
@@ -143,7 +141,7 @@ class ScaleJitterCrop(NamedTuple):
 
 def _nearest_source_index(start: int, length: int, src_len: int, resized_len: int) -> np.ndarray:
     # Output pixel i of the window is resized pixel (start + i); its centre maps back to source
-    # coordinate (start + i + 0.5) * src/resized, the same pixel-centre convention as cv2.resize.
+    # coordinate (start + i + 0.5) * src/resized, the pixel-centre convention of PIL and cv2.
     idx = np.arange(start, start + length, dtype=np.float64)
     src = np.floor((idx + 0.5) * (src_len / resized_len)).astype(np.int64)
     return np.clip(src, 0, src_len - 1)

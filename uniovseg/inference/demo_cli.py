@@ -125,8 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--multimask", action="store_true", help="task prompted: all 4 masks per point"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config)")
+    # 4096: photos up to 12 MP reach the model whole, so the model's one resize (the
+    # release's) is the only one; a pre-downscale (SA-1B photos are ~2250 px) changed the input.
     parser.add_argument(
-        "--max-side", type=int, default=2048, help="downscale larger images (default 2048)"
+        "--max-side",
+        type=int,
+        default=4096,
+        help="downscale larger images before the model's own resize (default 4096)",
     )
     parser.add_argument(
         "--min-side", type=int, default=8, help="skip images smaller than this (default 8)"

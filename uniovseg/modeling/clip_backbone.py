@@ -141,7 +141,8 @@ class CLIPConvNeXtBackbone(Backbone):
             ``"res2"``, ``"res3"``, ``"res4"``, ``"res5"``: the stage outputs [B, C_i, H/s, W/s]
             with strides s = 4, 8, 16, 32 (192/384/768/1536 channels for convnext_large), and
             ``"clip_vis_dense"``: the trunk's ``norm_pre`` output [B, C_5, H/32, W/32], the
-            input of the CLIP head (identical to res5 when ``norm_pre`` is the identity).
+            input of the CLIP head (identical to res5 when ``norm_pre`` is the identity). Every
+            map is contiguous (NCHW strides).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(
@@ -154,8 +155,11 @@ class CLIPConvNeXtBackbone(Backbone):
             x = trunk.stem(images)
             for name, stage in zip(_STAGE_NAMES, trunk.stages, strict=True):
                 x = stage(x)
-                outputs[name] = x
-            outputs[DENSE_FEATURE_NAME] = trunk.norm_pre(x)
+                # timm's ConvNeXt blocks return channels-last strides; the release hands the
+                # pixel decoder contiguous maps, and the decoder's kernels then sum in its order
+                # (with channels-last maps the converted release drifted 10x further from it).
+                outputs[name] = x.contiguous()
+            outputs[DENSE_FEATURE_NAME] = trunk.norm_pre(x).contiguous()
         return outputs
 
     def embed_regions(self, dense_features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

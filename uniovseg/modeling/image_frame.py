@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["TEST_RESIZE_MODES", "ImageFrame", "inference_frame"]
+__all__ = ["TEST_RESIZE_MODES", "ImageFrame", "inference_frame", "resize_shortest_edge_shape"]
 
 # MODEL.UNIOVSEG.TEST.RESIZE_MODE values.
 TEST_RESIZE_MODES = ("longest_side", "shortest_edge")
@@ -50,9 +50,11 @@ def inference_frame(
     Args:
         original_size: (H0, W0), positive.
         input_size: Side S of the square padded input.
-        resize_mode: ``"longest_side"``: the longest side becomes S (the release's geometry);
-            ``"shortest_edge"``: detectron2's ``ResizeShortestEdge`` (shortest side to
-            ``min_size``, longest capped at ``max_size``, which must be <= S).
+        resize_mode: ``"longest_side"``: the longest side becomes S (the release's geometry:
+            detectron2's ``ResizeShortestEdge(S, max_size=S)``); ``"shortest_edge"``:
+            ``ResizeShortestEdge(min_size, max_size)`` (shortest side to ``min_size``, longest
+            capped at ``max_size``, which must be <= S). Both round as detectron2 does
+            (:func:`resize_shortest_edge_shape`).
         min_size, max_size: The ``"shortest_edge"`` sizes (``INPUT.MIN_SIZE_TEST`` and
             ``INPUT.MAX_SIZE_TEST``).
 
@@ -63,23 +65,50 @@ def inference_frame(
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {original_size!r}")
     if resize_mode == "longest_side":
-        scale = input_size / max(height, width)
-        # min(): a rounding up past S (an extreme aspect ratio) would not fit the input.
-        valid = (
-            min(input_size, max(1, round(height * scale))),
-            min(input_size, max(1, round(width * scale))),
-        )
+        # The release's demo: ResizeShortestEdge(S, max_size=S), i.e. the longest side becomes S.
+        short_side, long_cap = input_size, input_size
     elif resize_mode == "shortest_edge":
         if max_size > input_size:
             raise ValueError(
                 f"INPUT.MAX_SIZE_TEST={max_size} exceeds MODEL.UNIOVSEG.TEST.INPUT_SIZE="
                 f"{input_size}: resized images would not fit the padded input"
             )
-        from detectron2.data.transforms import ResizeShortestEdge  # torch: only when needed
-
-        valid = ResizeShortestEdge.get_output_shape(height, width, min_size, max_size)
+        short_side, long_cap = min_size, max_size
     else:
         raise ValueError(
             f"MODEL.UNIOVSEG.TEST.RESIZE_MODE={resize_mode!r}: use one of {TEST_RESIZE_MODES}"
         )
-    return ImageFrame((height, width), (int(valid[0]), int(valid[1])), (input_size, input_size))
+    valid_h, valid_w = resize_shortest_edge_shape(
+        height, width, short_side=short_side, max_size=long_cap
+    )
+    # detectron2 can round an extreme aspect ratio (1 x 5000) down to a 0-pixel side, which no
+    # resize accepts; one pixel is the least an image can have. min(): never past the input.
+    valid = (min(input_size, max(1, valid_h)), min(input_size, max(1, valid_w)))
+    return ImageFrame((height, width), valid, (input_size, input_size))
+
+
+def resize_shortest_edge_shape(
+    height: int, width: int, *, short_side: int, max_size: int
+) -> tuple[int, int]:
+    """(h, w) after detectron2's ``ResizeShortestEdge`` (``get_output_shape``), float for float.
+
+    The shortest side becomes ``short_side`` unless the longest would then pass ``max_size``, in
+    which case the longest side becomes ``max_size``; each side is rounded half up
+    (``int(x + 0.5)``, not Python's half-to-even ``round``). The release resizes test images with
+    this rule, so matching its arithmetic (same float operations in the same order) gives the
+    same valid region, pixel for pixel. Written here rather than imported so that this module
+    (and prompt parsing) needs neither torch nor detectron2.
+
+    Returns:
+        (h, w); a side may be 0 for extreme aspect ratios (the caller clamps it).
+    """
+    size = short_side * 1.0
+    scale = size / min(height, width)
+    if height < width:
+        new_h, new_w = size, scale * width
+    else:
+        new_h, new_w = scale * height, size
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)

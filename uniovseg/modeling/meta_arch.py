@@ -9,8 +9,10 @@ It follows detectron2's contract: ``model(list[dict]) -> dict of losses`` in tra
 * stage-2 training (``CaptionDatasetMapper``, with ``MODEL.UNIOVSEG.ALIGNMENT.ENABLED``):
   ``image`` uint8 [3, S, S], ``image_size``, ``entities``: the mask-text alignment loss
   (:class:`~uniovseg.modeling.alignment.MaskTextAligner`); a batch may mix both kinds;
-* promptable evaluation (``PromptableEvalMapper``): the same geometry plus ``image_size``;
-  the output is ``{"prompt_eval": {"point_masks", "point_iou", "box_masks"}}``;
+* promptable evaluation (``PromptableEvalMapper``): ``image`` uint8 [3, H, W] at its original
+  size (the model preprocesses it as any test image), ``image_size`` (the valid region the
+  ground truth was resized to), ``point_coords``, ``box_prompts``; the output is
+  ``{"prompt_eval": {"point_masks", "point_iou", "box_masks"}}``;
 * anything else (e.g. detectron2's ``DatasetMapper`` or a demo): ``image`` uint8 [3, H, W] at any
   size, optional ``height``/``width``; automatic mask generation from a point grid, output
   ``{"automatic_masks": AutomaticMaskResult, "instances": Instances}`` at (height, width), plus,
@@ -32,6 +34,7 @@ that the benchmarks time).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -53,6 +56,7 @@ from uniovseg.modeling.entity_embedding import EntityEmbedder
 from uniovseg.modeling.feature_adapter import MultiScaleFeatureAdapter
 from uniovseg.modeling.image_encoding import ImageEncoding
 from uniovseg.modeling.image_frame import ImageFrame, inference_frame
+from uniovseg.modeling.image_preprocessing import RELEASE_PAD_VALUE, resize_and_pad
 from uniovseg.modeling.inference_stages import stage
 from uniovseg.modeling.mask_decoder import MaskDecoderOutput
 from uniovseg.modeling.mask_postprocessing import stability_score, suppress_outside_boxes
@@ -62,6 +66,8 @@ from uniovseg.modeling.segmentation_head import SegmentationHead
 from uniovseg.modeling.text_classifier import RegionClassification
 
 __all__ = ["UniOVSeg", "automatic_result_to_instances"]
+
+logger = logging.getLogger(__name__)
 
 _PROMPT_TYPES = ("point", "box")
 # MODEL.UNIOVSEG.TEST.AUTOCAST values -> torch.autocast dtypes ("": float32, no autocast).
@@ -110,6 +116,7 @@ class UniOVSeg(nn.Module):
         test_resize_mode: str = "longest_side",
         test_min_size: int = 800,
         test_max_size: int = 1333,
+        pad_value: float = RELEASE_PAD_VALUE,
         prompts_per_chunk: int = 100,
         box_masks_inside_box: bool = False,
         feature_adapter: MultiScaleFeatureAdapter | None = None,
@@ -136,6 +143,9 @@ class UniOVSeg(nn.Module):
                 (the release's geometry) or ``"shortest_edge"``.
             test_min_size, test_max_size: The ``"shortest_edge"`` sizes
                 (``INPUT.MIN_SIZE_TEST``, ``INPUT.MAX_SIZE_TEST``).
+            pad_value: Grey level (0-255) of the padding around test images, in pixel space
+                before normalisation (``INPUT.UNIOVSEG.PAD_VALUE``, also the training mappers';
+                the release: 128).
             prompts_per_chunk: Prompts decoded per call at inference (bounds memory only).
             box_masks_inside_box: A box prompt's returned masks are turned off outside its box
                 (``TEST.BOX_MASKS_INSIDE_BOX``; not in the release: False). Low-resolution logits
@@ -182,6 +192,14 @@ class UniOVSeg(nn.Module):
             "max_size": int(test_max_size),
         }
         inference_frame((1, 1), **self.test_resize)  # validates the resize settings now
+        if not 0.0 <= pad_value <= 255.0:
+            raise ValueError(
+                f"INPUT.UNIOVSEG.PAD_VALUE={pad_value} must be a grey level in [0, 255]"
+            )
+        self.pad_value = float(pad_value)
+        # Said once at build: the test resolution decides what evaluation numbers mean (e.g.
+        # Cityscapes runs at 512 x 1024 under "longest_side" 1024).
+        logger.info("test images: %s", self.describe_test_resize())
         self.prompts_per_chunk = int(prompts_per_chunk)
         self.box_masks_inside_box = bool(box_masks_inside_box)
         if inference_autocast not in _AUTOCAST_DTYPES:
@@ -256,6 +274,7 @@ class UniOVSeg(nn.Module):
             "test_resize_mode": cfg.MODEL.UNIOVSEG.TEST.RESIZE_MODE,
             "test_min_size": min_size if isinstance(min_size, int) else min_size[0],
             "test_max_size": cfg.INPUT.MAX_SIZE_TEST,
+            "pad_value": cfg.INPUT.UNIOVSEG.PAD_VALUE,
             "prompts_per_chunk": cfg.MODEL.UNIOVSEG.TEST.PROMPTS_PER_CHUNK,
             "box_masks_inside_box": cfg.MODEL.UNIOVSEG.TEST.BOX_MASKS_INSIDE_BOX,
             "inference_autocast": cfg.MODEL.UNIOVSEG.TEST.AUTOCAST,
@@ -298,6 +317,19 @@ class UniOVSeg(nn.Module):
         device."""
         return (image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
 
+    def describe_test_resize(self) -> str:
+        """The configured test geometry in words, e.g. for logs."""
+        r = self.test_resize
+        size = f"{r['input_size']} x {r['input_size']}"
+        if r["resize_mode"] == "longest_side":
+            resize = f"longest side resized to {r['input_size']}"
+        else:
+            resize = f"shortest side resized to {r['min_size']} (longest <= {r['max_size']})"
+        return (
+            f"{resize} (uint8, PIL bilinear), padded bottom/right to {size} with grey "
+            f"{self.pad_value:g} before normalisation"
+        )
+
     def inference_frame(self, original_size: tuple[int, int]) -> ImageFrame:
         """The frame of an image of ``original_size`` under the configured test resize."""
         return inference_frame(original_size, **self.test_resize)
@@ -305,35 +337,23 @@ class UniOVSeg(nn.Module):
     def preprocess_image(
         self, image: torch.Tensor, original_size: tuple[int, int] | None = None
     ) -> tuple[torch.Tensor, ImageFrame]:
-        """The test resize: uint8 [3, H, W] RGB -> (normalised padded [1, 3, S, S], frame).
+        """The test preprocessing, the one path of every inference entry point: uint8 [3, H, W]
+        RGB -> (normalised padded [1, 3, S, S] on the model's device, frame).
+
+        The release's steps, in its order (:mod:`uniovseg.modeling.image_preprocessing`):
+        resize the uint8 image as detectron2's ``ResizeTransform`` (PIL bilinear), pad it
+        bottom/right with ``pad_value`` grey in pixel space, then normalise.
 
         Args:
-            image: The image, any size.
+            image: The image, any size, uint8.
             original_size: (H0, W0) that outputs should have; default (H, W) of ``image``.
         """
         with stage("preprocess"):
             frame = self.inference_frame(tuple(image.shape[-2:]))
+            padded = resize_and_pad(image, frame, pad_value=self.pad_value)
             if original_size is not None:
                 frame = frame._replace(original_size=(int(original_size[0]), int(original_size[1])))
-            height, width = image.shape[-2:]
-            resized = F.interpolate(
-                image.to(self.device, torch.float32)[None],
-                size=frame.valid_size,
-                mode="bilinear",
-                align_corners=False,
-                antialias=frame.valid_size[0] < height or frame.valid_size[1] < width,
-            )[0]
-            return self.pad_to_input(self.normalize(resized)), frame
-
-    def pad_to_input(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalised [3, h, w] -> [1, 3, S, S], zero (= mean colour) padding bottom/right."""
-        size = self.test_input_size
-        height, width = image.shape[-2:]
-        if height > size or width > size:
-            raise ValueError(
-                f"image of {height}x{width} does not fit the {size}x{size} input; resize it first"
-            )
-        return F.pad(image, (0, size - width, 0, size - height))[None]
+            return self.normalize(padded)[None], frame
 
     def encode(self, images: torch.Tensor, frames: Sequence[ImageFrame]) -> ImageEncoding:
         """Normalised padded [B, 3, S, S] -> the image-dependent computation, once: dense CLIP
@@ -752,11 +772,20 @@ class UniOVSeg(nn.Module):
             ``point_masks`` bool [G, M, h, w], ``point_iou`` float [G, M] (sigmoid),
             ``box_masks`` bool [G, 1, h, w], where (h, w) = ``x["image_size"]``.
         """
-        images = self.pad_to_input(self.normalize(x["image"]))
-        padded = (int(images.shape[-2]), int(images.shape[-1]))
-        valid_h, valid_w = x["image_size"]
-        original = (int(x.get("height", valid_h)), int(x.get("width", valid_w)))
-        encoding = self.encode(images, [ImageFrame(original, (valid_h, valid_w), padded)])
+        image = x["image"]
+        original = (int(x.get("height", image.shape[-2])), int(x.get("width", image.shape[-1])))
+        # The predictor's preprocessing, not a second one: the mapper only resizes the
+        # ground truth, into the frame that this call computes again.
+        images, frame = self.preprocess_image(image, original)
+        if frame.valid_size != tuple(x["image_size"]):
+            raise ValueError(
+                f"the mapper resized the ground truth to {tuple(x['image_size'])} but the model "
+                f"resizes this image to {frame.valid_size}: build the mapper and the model from "
+                "the same config (MODEL.UNIOVSEG.TEST.*, INPUT.MIN/MAX_SIZE_TEST)"
+            )
+        padded = frame.padded_size
+        valid_h, valid_w = frame.valid_size
+        encoding = self.encode(images, [frame])  # inference() holds the inference precision
         outputs = {}
         for prompt_type, key in [("point", "point_coords"), ("box", "box_prompts")]:
             prompts = x[key].to(self.device, torch.float32)
