@@ -28,6 +28,8 @@ def test_quick_quickstart_runs_every_stage_and_is_idempotent(tmp_path):
         "eval_promptable/eval_results.json",
         "promptable_baselines.json",
         "results.md",
+        "bundles/stage1/model.safetensors",
+        "bundles/stage2/config.yaml",
     ]:
         assert (output / relative).is_file(), relative
     aligned = json.loads((output / "eval_aligned" / "eval_results.json").read_text())
@@ -39,4 +41,4 @@ def test_quick_quickstart_runs_every_stage_and_is_idempotent(tmp_path):
 
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("already done") == 9
+    assert second.stdout.count("already done") == 11

@@ -5,11 +5,14 @@ Reads the file safely (``torch.load(weights_only=True)``, pickles refused; see
 ``uniovseg/checkpoint.py``), maps the release's key layout to ours
 (the identity: the layouts are the same), checks every name and shape strictly against our
 model built from a config (on the meta device, nothing allocated), and saves
-``{"model": state_dict}`` for ``MODEL.WEIGHTS``. Exits with status 1 on any mismatch.
+``{"model": state_dict}`` for ``MODEL.WEIGHTS``, or a model bundle (``--bundle``: config,
+safetensors weights, open_clip config and model card in one folder, which
+``UniOVSegPredictor.from_pretrained`` loads). Exits with status 1 on any mismatch.
 
 Examples::
 
     python tools/convert_official_checkpoint.py --input stage1.pth --output uniovseg_stage1.pth
+    python tools/convert_official_checkpoint.py --input stage1.pth --bundle bundles/release_stage1
     python tools/convert_official_checkpoint.py --input stage1.pth --check-only
     python tools/convert_official_checkpoint.py --manifest state_dict_shapes.json --check-only
 """
@@ -36,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", help="where to save the converted {'model': state_dict}")
     parser.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="write the converted model as a model bundle in this folder (new, empty or an "
+        "earlier bundle), for UniOVSegPredictor.from_pretrained",
+    )
+    parser.add_argument(
         "--check-only", action="store_true", help="check names and shapes, write nothing"
     )
     parser.add_argument(
@@ -57,8 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.manifest:
         args.check_only = True
-    if not args.check_only and not args.output:
-        parser.error("--output is required unless --check-only (or --manifest) is given")
+    if not args.check_only and not (args.output or args.bundle):
+        parser.error(
+            "--output or --bundle is required unless --check-only (or --manifest) is given"
+        )
+    if args.bundle and args.only_prefix:
+        parser.error("--bundle holds the whole model: it cannot be combined with --only-prefix")
     return args
 
 
@@ -109,8 +122,38 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if prefixes:
         state_dict = {k: v for k, v in state_dict.items() if k.startswith(prefixes)}
-    cc.save_detectron2_checkpoint(state_dict, args.output)
-    print(f"Saved {len(state_dict)} tensors to {args.output}")
+    if args.output:
+        cc.save_detectron2_checkpoint(state_dict, args.output)
+        print(f"Saved {len(state_dict)} tensors to {args.output}")
+    if args.bundle:
+        return write_bundle(state_dict, cfg, args)
+    return 0
+
+
+def write_bundle(state_dict, cfg, args: argparse.Namespace) -> int:
+    """Writes the converted weights as a model bundle; returns the exit status."""
+    import os
+
+    from uniovseg.inference.model_bundle import save_state_dict_bundle
+
+    try:
+        folder = save_state_dict_bundle(
+            state_dict,
+            args.bundle,
+            cfg=cfg,
+            training_data=(
+                "Image-mask pairs of SA-1B (the paper: a random 30% subset, about 3 M images); "
+                "the authors' released stage-1 weights."
+            ),
+            source=(
+                f"Converted from the authors' released checkpoint `{os.path.basename(args.input)}` "
+                "by uniovseg's tools/convert_official_checkpoint.py."
+            ),
+        )
+    except (OSError, ValueError) as e:
+        print(f"error: cannot write the bundle: {e}", file=sys.stderr)
+        return 1
+    print(f"Saved the model bundle {folder} (load it with UniOVSegPredictor.from_pretrained)")
     return 0
 
 

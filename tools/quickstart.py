@@ -1,5 +1,6 @@
 """The whole method on a CPU in minutes: synthetic world -> tiny CLIP -> stage 1 -> stage 2 ->
-evaluation -> demo pictures, each step through the project's own command-line tools.
+evaluation -> demo pictures -> model bundles, each step through the project's own command-line
+tools.
 
     python tools/quickstart.py [--output output/quickstart] [--quick]
 
@@ -291,6 +292,35 @@ class Quickstart:
         )  # fmt: skip
         self.run("9_demo", command)
 
+    def bundles(self) -> None:
+        """The trained models as model bundles (``UniOVSegPredictor.from_pretrained``), in
+        ``bundles/stage1`` and ``bundles/stage2``."""
+        data = (
+            f"The synthetic world of datasets/prepare_synthetic.py (seed {self.plan.seed}): "
+            "{what}; the CLIP was pretrained on the world's captions by tools/pretrain_clip.py."
+        )
+        for step, stage, what in (
+            ("10_bundle_stage1", "stage1", "SA-1B-style image-mask pairs (stage 1)"),
+            ("11_bundle_stage2", "stage2", "image-caption pairs for mask-text alignment"),
+        ):
+            self.run(
+                step,
+                self.python(
+                    "tools/export_bundle.py",
+                    "--config-file",
+                    f"configs/synthetic/{stage}.yaml",
+                    "--weights",
+                    os.path.join(self.stage_dir(stage), "model_final.pth"),
+                    "--output",
+                    os.path.join(self.output, "bundles", stage),
+                    "--training-data",
+                    data.format(what=what),
+                    "MODEL.UNIOVSEG.CLIP.PRETRAINED",
+                    self.clip,
+                    *self.plan.extra_opts,
+                ),
+            )
+
     # ------------------------------------------------------------------ the table
     def open_vocab_metrics(self, folder: str) -> dict:
         """mIoU (all, thing and stuff classes), PQ, PQ_th and PQ_st of one evaluation."""
@@ -417,6 +447,7 @@ def main() -> None:
     quickstart.train_stage2()
     quickstart.evaluate()
     quickstart.demo()
+    quickstart.bundles()
     table = quickstart.table()
     with open(os.path.join(quickstart.output, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
@@ -429,6 +460,10 @@ def main() -> None:
     )
     print("  results.md (this table), results.json (its numbers and each step's seconds),")
     print("  demo/ (pictures), stage1/ and stage2/ (checkpoints, logs),")
+    print(
+        "  bundles/stage1 and bundles/stage2 (the trained models as bundles: "
+        "UniOVSegPredictor.from_pretrained('<output>/bundles/stage2')),"
+    )
     print("  logs/ (one per step), world/ (the generated data), clip/ (the pretrained CLIP)")
 
 

@@ -1,22 +1,24 @@
-"""Files that are never seen half-written: the one atomic writer of uniovseg.
+"""Files and folders that are never seen half-written: the one atomic writer of uniovseg.
 
 Checkpoints, evaluation results, the SA-1B index, entity manifests, text-embedding caches, demo
 outputs and converted labels are all written through :func:`atomic_write`: the content goes to a
 temporary file in the same folder (``os.replace`` is atomic only within one file system), which
 is renamed over the target at the end, so a reader sees the old file or the complete new one,
-and a failure (or a kill before the rename) never leaves a truncated target. Imports nothing from
-uniovseg, so every layer can use it.
+and a failure (or a kill before the rename) never leaves a truncated target. Model bundles (a
+folder of files that belong together) are written the same way by :func:`atomic_folder`. Imports
+nothing from uniovseg, so every layer can use it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_folder", "atomic_write"]
 
 
 def _default_temporary(path: str) -> str:
@@ -78,3 +80,56 @@ def atomic_write(
         raise
     if durable:
         _fsync_folder(folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str, *, durable: bool = False) -> Iterator[str]:
+    """Yields an empty temporary folder to fill; on success it replaces the folder ``path``, on
+    failure it is removed and the exception propagates.
+
+    The temporary folder is a hidden sibling of ``path`` (``.NAME.<pid>.<thread>.tmp``, same file
+    system). At the end an existing ``path`` is renamed aside, the new folder renamed in, and the
+    old one removed, so a reader finds the old folder, for an instant nothing, or the new one:
+    never a part of either; a failure in between puts the old folder back.
+
+    Args:
+        path: The target folder; it may exist (it is replaced as a whole: callers decide whether
+            that is allowed). Its parent is created if needed.
+        durable: fsync every file written and the renames.
+
+    Yields:
+        The temporary folder's path.
+
+    Raises:
+        FileExistsError: ``path`` exists and is not a folder.
+    """
+    target = os.path.abspath(path)
+    parent, name = os.path.split(target)
+    if not name:
+        raise ValueError(f"atomic_folder needs a folder name, got {path!r}")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise FileExistsError(f"{path!r} exists and is not a folder")
+    os.makedirs(parent, exist_ok=True)
+    stamp = f"{os.getpid()}.{threading.get_ident()}"
+    temporary = os.path.join(parent, f".{name}.{stamp}.tmp")
+    previous = os.path.join(parent, f".{name}.{stamp}.old")
+    os.mkdir(temporary)
+    try:
+        yield temporary
+        if durable:
+            for folder, _, files in os.walk(temporary):
+                for file_name in files:
+                    with open(os.path.join(folder, file_name), "rb") as handle:
+                        os.fsync(handle.fileno())
+                _fsync_folder(folder)
+        if os.path.isdir(target):
+            os.rename(target, previous)
+        os.rename(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if os.path.isdir(previous) and not os.path.lexists(target):
+            os.rename(previous, target)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+    if durable:
+        _fsync_folder(parent)

@@ -16,6 +16,8 @@ _EXPORTS = {
     "AutomaticMaskGenerator": "uniovseg.inference.automatic_mask_generator_api",
     "automatic_records": "uniovseg.inference.automatic_mask_generator_api",
     "UniOVSegPredictor": "uniovseg.inference.predictor",
+    "save_pretrained": "uniovseg.inference.model_bundle",
+    "load_pretrained": "uniovseg.inference.model_bundle",
     "PromptPrediction": "uniovseg.inference.predictions",
     "MaskLabels": "uniovseg.inference.predictions",
     "SemanticPrediction": "uniovseg.inference.predictions",

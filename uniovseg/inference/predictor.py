@@ -221,6 +221,81 @@ class UniOVSegPredictor:
         predictor.cfg = cfg
         return predictor
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        device: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        opts: Sequence[str] = (),
+        token: str | bool | None = None,
+    ) -> UniOVSegPredictor:
+        """Loads a model bundle (see :mod:`uniovseg.inference.model_bundle`): a local folder, or
+        a Hugging Face hub repo id.
+
+        Example::
+
+            predictor = UniOVSegPredictor.from_pretrained("bundles/stage2")
+            predictor = UniOVSegPredictor.from_pretrained("org/uniovseg-stage2", device="cuda")
+
+        Only YAML, JSON and safetensors are read: nothing is unpickled or downloaded besides the
+        bundle's own files.
+
+        Args:
+            name_or_path: The bundle folder, or a hub repo id (``"org/name"``) when no such
+                folder exists.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``; None: the bundle config's device when
+                available here, else the CPU.
+            revision: Hub branch, tag or commit (default ``main``).
+            cache_dir: Hub cache folder (default: huggingface_hub's).
+            local_files_only: Use the hub cache only, never the network (``HF_HUB_OFFLINE=1``
+                does the same).
+            opts: ``KEY VALUE`` overrides of test-time settings of the bundle's config.
+            token: Hub token for private repos.
+
+        Raises:
+            FileNotFoundError: no such folder and a repo that is neither cached nor
+                downloadable; a bundle file missing.
+            ValueError: a refused file (a pickle as weights, Python tags or ``_BASE_`` in the
+                config), a damaged one, or a config that does not fit the weights (the message
+                names the first offending key).
+        """
+        from uniovseg.inference.model_bundle import load_pretrained
+
+        model, cfg = load_pretrained(
+            name_or_path,
+            device=device,
+            opts=opts,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        predictor = cls(model)
+        predictor.cfg = cfg
+        return predictor
+
+    def save_pretrained(
+        self, directory: str, *, training_data: str | None = None, source: str | None = None
+    ) -> str:
+        """Writes the model as a bundle that :meth:`from_pretrained` loads (see
+        :func:`uniovseg.inference.model_bundle.save_pretrained`).
+
+        Args:
+            directory: The bundle folder (new, empty, or an earlier bundle, which is replaced).
+            training_data, source: What the model was trained on and where its weights come
+                from, for the model card.
+
+        Returns:
+            The bundle folder (absolute).
+        """
+        from uniovseg.inference.model_bundle import save_pretrained
+
+        return save_pretrained(self, directory, training_data=training_data, source=source)
+
     # ------------------------------------------------------------------ image
     @property
     def device(self) -> torch.device:

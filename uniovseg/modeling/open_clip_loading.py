@@ -9,16 +9,22 @@ built with ``pretrained=None`` and the state dict is read here: safetensors, or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clip_state_dict_shapes", "load_open_clip", "read_clip_state_dict"]
+__all__ = [
+    "clip_state_dict_shapes",
+    "load_open_clip",
+    "read_clip_state_dict",
+    "without_random_init_warning",
+]
 
 # Suffixes that make a `pretrained` string a file path rather than an open_clip tag.
 _WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth")
@@ -78,20 +84,14 @@ def load_open_clip(
 
     # Never let open_clip read weights itself (see module docstring); its "initialized randomly"
     # warning is misleading when weights follow, so it is filtered in that case only.
-    log_filter = _DropRandomInitWarning() if checkpoint_path else None
-    root = logging.getLogger()
-    if log_filter is not None:
-        root.addFilter(log_filter)
-    try:
+    quiet = without_random_init_warning() if checkpoint_path else contextlib.nullcontext()
+    with quiet:
         model = open_clip.create_model(
             model_name,
             pretrained=None,
             device=device,
             force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
         )
-    finally:
-        if log_filter is not None:
-            root.removeFilter(log_filter)
 
     if checkpoint_path:
         state_dict = read_clip_state_dict(checkpoint_path)
@@ -163,14 +163,8 @@ def clip_state_dict_shapes(model_name: str) -> dict[str, tuple[int, ...]]:
     # Built under a meta default device: create_model(device="meta") would initialise the
     # weights on the CPU first (seconds for convnext_large) and only then move them.
     # open_clip's "initialized randomly" warning would be misleading: no weights exist at all.
-    log_filter = _DropRandomInitWarning()
-    root = logging.getLogger()
-    root.addFilter(log_filter)
-    try:
-        with torch.device("meta"):
-            model = load_open_clip(model_name, "")
-    finally:
-        root.removeFilter(log_filter)
+    with without_random_init_warning(), torch.device("meta"):
+        model = load_open_clip(model_name, "")
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -332,6 +326,20 @@ def _elide(items: list) -> str:
     shown = ", ".join(str(i) for i in items[:_MAX_KEYS_IN_ERROR])
     extra = len(items) - _MAX_KEYS_IN_ERROR
     return f"[{shown}{f', ... ({extra} more)' if extra > 0 else ''}]"
+
+
+@contextlib.contextmanager
+def without_random_init_warning() -> Iterator[None]:
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" log record inside
+    the block: for callers that build a CLIP with ``pretrained=""`` and load every weight right
+    after (a checkpoint, a model bundle), where that warning would mislead."""
+    log_filter = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(log_filter)
 
 
 class _DropRandomInitWarning(logging.Filter):
