@@ -36,6 +36,13 @@ def test_automatic_masks_carry_no_text_unless_the_first_few_are_asked_for():
     assert not changed[:, 90:].any()
 
 
+def test_an_image_without_masks_is_drawn_unchanged():
+    # The demo's automatic task on an image where no mask survives the filters.
+    image = _image(40, 60)
+    out = vis.draw_masks(image, np.zeros((0, 40, 60), bool))
+    np.testing.assert_array_equal(out, image)
+
+
 def test_mask_fill_and_outline_leave_the_rest_of_the_image_untouched():
     image = _image(100, 100)
     mask = np.zeros((1, 100, 100), bool)

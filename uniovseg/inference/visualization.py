@@ -349,7 +349,7 @@ def draw_masks(
         colors = [_shade(class_color(c), i) for i, c in enumerate(class_ids)]
     else:
         colors = [class_color(i) for i in range(len(masks))]
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    areas = masks.sum(axis=(1, 2))  # reshape(0, -1) would fail on an image without masks
     canvas = _Canvas(image, alpha)
     for k in np.argsort(-areas, kind="stable"):
         canvas.fill(masks[k], colors[k])
