@@ -215,9 +215,12 @@ def with_vocabulary(metadata, vocabulary: str):
 class Trainer(DefaultTrainer):
     """DefaultTrainer with uniovseg's data, optimizer and evaluators.
 
-    ``__init__`` follows DefaultTrainer's but (1) falls back from AMP to fp32 on machines without
-    CUDA (detectron2's AMPTrainer requires CUDA) and (2) lets DDP find unused parameters, since a
-    batch may hold only point prompts (then the box-token heads get no gradient).
+    ``__init__`` follows DefaultTrainer's line by line except for the DDP wrapper and the AMP
+    choice, for which DefaultTrainer has no hook: (1) it falls back from AMP to fp32 on machines
+    without CUDA (detectron2's AMPTrainer requires CUDA); (2) it lets DDP find unused parameters
+    when asked (``MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS``) and passes ``device_ids=None`` for
+    a CPU (gloo) model, which DDP refuses with detectron2's ``device_ids=[local_rank]``. Check it
+    against ``DefaultTrainer.__init__`` when detectron2 is upgraded.
     """
 
     def __init__(self, cfg):  # noqa: D107 - documented on the class
