@@ -17,6 +17,7 @@ import torch
 from uniovseg.checkpoint import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
+    read_checkpoint,
     read_checkpoint_shapes,
 )
 
@@ -158,14 +159,11 @@ def read_weights(
     Raises:
         CorruptCheckpointError: the file cannot be read.
     """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(path, device=str(device))
-    except Exception as e:  # as in uniovseg.checkpoint: many exception types, one meaning
-        raise CorruptCheckpointError(
-            f"Could not read {path!r}: the safetensors file is truncated or corrupt ({e})"
-        ) from None
+    if not path.endswith(".safetensors"):  # read_checkpoint picks the format by extension
+        raise ValueError(f"bundle weights are a .safetensors file, got {path!r}")
+    state = read_checkpoint(path)
+    if torch.device(device).type != "cpu":
+        state = {name: tensor.to(device) for name, tensor in state.items()}
     for alias, name in aliases.items():
         state[alias] = state[name]
     return state
