@@ -33,5 +33,5 @@ def test_shortest_edge_follows_detectron2_and_must_fit():
 def test_every_user_of_the_test_resize_agrees(size):
     mapper = PromptableEvalMapper(input_size=1024)
     expected = inference_frame(size, 1024).valid_size
-    assert mapper.resized_shape(*size) == expected
+    assert mapper.frame(*size).valid_size == expected
     assert ResizeLongestSide(1024).input_size(size) == expected

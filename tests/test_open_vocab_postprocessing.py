@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 from detectron2.data.catalog import Metadata
 
 from uniovseg.config import add_uniovseg_config
+from uniovseg.modeling.image_frame import inference_frame
 from uniovseg.modeling.open_vocab_postprocessing import (
     OpenVocabPostprocessor,
     panoptic_inference,
@@ -272,7 +273,9 @@ def test_panoptic_rejects_bad_thing_classes():
 
 
 # ---------------------------------------------------------------------------- resizing, config
-def test_resize_crops_the_padding_before_resizing():
+def test_resize_crops_the_padding_before_resizing_when_the_image_does_not_fill_the_input():
+    """shortest_edge geometry (the valid region's longest side < the input side): detectron2's
+    sem_seg_postprocess, crop the valid region, then resize it."""
     logits = torch.full((2, 8, 8), -10.0)
     logits[:, :6, :4] = torch.arange(24.0).reshape(6, 4)  # the valid 6 x 4 input region
     same = resize_mask_logits(logits, valid_size=(6, 4), padded_size=(8, 8), output_size=(6, 4))
@@ -287,6 +290,50 @@ def test_resize_crops_the_padding_before_resizing():
     torch.testing.assert_close(out, chunked)
     constant = resize_mask_logits(torch.full((1, 4, 4), 3.0), valid_size=(3, 4), output_size=(9, 5))
     torch.testing.assert_close(constant, torch.full((1, 9, 5), 3.0))
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        (480, 640),
+        (640, 480),
+        (683, 1024),
+        (37, 1025),
+        (389, 1027),
+        (1024, 1500),
+        (2, 2000),
+        (1024, 1024),
+        (3000, 4000),
+        (50, 90),
+        (7, 3),
+    ],
+)
+@pytest.mark.parametrize("side", [1024, 64])
+def test_resize_in_the_release_geometry_is_its_sem_seg_postprocess_to_the_bit(size, side):
+    """Longest side to the square input: the release upsamples the stride-4 logits to the
+    input, scales that square to the original's longest side and crops (H0, W0)."""
+    height, width = size
+    frame = inference_frame(size, side)
+    low = torch.randn(3, side // 4, side // 4)
+    square = torch.nn.functional.interpolate(
+        low[None], size=(side, side), mode="bilinear", align_corners=False
+    )
+    longest = max(size)
+    expected = torch.nn.functional.interpolate(
+        square, size=(longest, longest), mode="bilinear", align_corners=False
+    )[0, :, :height, :width]
+    out = resize_mask_logits(
+        low, valid_size=frame.valid_size, padded_size=frame.padded_size, output_size=size
+    )
+    assert torch.equal(out, expected)
+    chunked = resize_mask_logits(
+        low,
+        valid_size=frame.valid_size,
+        padded_size=frame.padded_size,
+        output_size=size,
+        chunk_size=2,
+    )
+    assert torch.equal(chunked, expected)
 
 
 def test_resize_rejects_an_input_larger_than_the_padding():

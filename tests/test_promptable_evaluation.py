@@ -285,9 +285,12 @@ def test_mapper_grid_protocol_gives_a_uniform_grid_over_the_valid_region(instanc
     out = _mapper(point_prompts="grid", grid_size=4)(instance_dict)
     assert out["point_protocol"] == "grid" and out["point_grid_size"] == 4
     assert out["image_size"] == (48, 64)
-    # Cell centres of the 48 x 64 valid region, row-major: x = (i + 0.5) * 16, y = (j + 0.5) * 12.
-    xs, ys = [8.0, 24.0, 40.0, 56.0], [6.0, 18.0, 30.0, 42.0]
-    assert out["point_coords"].tolist() == [[x, y] for y in ys for x in xs]
+    # The release's placement over the 48 x 64 valid region of the 60 x 80 image, row-major:
+    # fractions (i + 0.5) / 4 of the pixel-index span (79, 59) x 63 / 79 = (63, 47.05).
+    fractions = np.array([0.125, 0.375, 0.625, 0.875])
+    xs, ys = fractions * 63.0, fractions * 59.0 * 63.0 / 79.0
+    expected = [[x, y] for y in ys for x in xs]
+    np.testing.assert_allclose(out["point_coords"].numpy(), expected, rtol=0, atol=1e-5)
     # The masks and the box prompts (ground-truth boxes) do not depend on the point protocol.
     centre = _mapper()(instance_dict)
     assert centre["point_protocol"] == "centre" and centre["point_coords"].shape == (2, 2)

@@ -32,8 +32,8 @@ from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from pycocotools import mask as mask_util
 
-from uniovseg.modeling.image_frame import TEST_RESIZE_MODES, inference_frame
-from uniovseg.modeling.point_grid import build_point_grid
+from uniovseg.modeling.image_frame import TEST_RESIZE_MODES, ImageFrame, inference_frame
+from uniovseg.modeling.point_grid import inference_point_grid
 
 __all__ = ["POINT_PROTOCOLS", "PromptableEvalMapper", "mask_centre_points"]
 
@@ -195,23 +195,24 @@ class PromptableEvalMapper:
             "grid_size": cfg.MODEL.UNIOVSEG.TEST.PROMPTABLE_GRID_SIZE,
         }
 
-    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` of the valid region for an ``(height, width)`` image: the model's test
-        resize (:func:`~uniovseg.modeling.image_frame.inference_frame`)."""
+    def frame(self, height: int, width: int) -> ImageFrame:
+        """The frames of an ``(height, width)`` image under the model's test resize
+        (:func:`~uniovseg.modeling.image_frame.inference_frame`)."""
         return inference_frame(
             (height, width),
             self.input_size,
             resize_mode=self.resize_mode,
             min_size=self.min_size_test,
             max_size=self.max_size_test,
-        ).valid_size
+        )
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = detection_utils.read_image(dataset_dict["file_name"], format=self.image_format)
         detection_utils.check_image_size(dataset_dict, image)
         height, width = image.shape[:2]
-        new_h, new_w = self.resized_shape(height, width)
+        frame = self.frame(height, width)
+        new_h, new_w = frame.valid_size
         # Nearest-neighbour, as detectron2 resizes segmentations alongside a resized image.
         resize = T.ResizeTransform(height, width, new_h, new_w)
 
@@ -232,7 +233,7 @@ class PromptableEvalMapper:
             "height": height,
             "width": width,
             "gt_masks": torch.from_numpy(resized),
-            "point_coords": self._point_prompts(resized, (new_h, new_w)),
+            "point_coords": self._point_prompts(resized, frame),
             "point_protocol": self.point_prompts,
             "box_prompts": torch.from_numpy(_mask_boxes(resized)),
         }
@@ -243,10 +244,10 @@ class PromptableEvalMapper:
                 out[key] = dataset_dict[key]
         return out
 
-    def _point_prompts(self, masks: np.ndarray, valid_size: tuple[int, int]) -> torch.Tensor:
+    def _point_prompts(self, masks: np.ndarray, frame: ImageFrame) -> torch.Tensor:
         if self.point_prompts == "grid":
             # The automatic mask generator's grid: the same points as whole-image inference.
-            return build_point_grid(self.grid_size, valid_size)
+            return inference_point_grid(self.grid_size, frame)
         return torch.from_numpy(mask_centre_points(masks))
 
     def _read_masks(self, dataset_dict: dict, height: int, width: int) -> list[np.ndarray]:

@@ -44,7 +44,7 @@ from .mask_postprocessing import (
     stability_score,
 )
 from .open_vocab_postprocessing import resize_mask_logits
-from .point_grid import build_point_grid
+from .point_grid import inference_point_grid
 
 __all__ = [
     "AutomaticMaskGenerationEngine",
@@ -231,7 +231,7 @@ class AutomaticMaskGenerationEngine:
                 f"valid_size {tuple(valid_size)} must fit inside padded_size "
                 f"{tuple(padded_size)}: the image is padded bottom/right, never cropped"
             )
-        grid = build_point_grid(self.points_per_side, tuple(valid_size)).to(device or "cpu")
+        grid = inference_point_grid(self.points_per_side, frame).to(device or "cpu")
         work_size = (
             max(1, round(padded_size[0] * self.nms_scale)),
             max(1, round(padded_size[1] * self.nms_scale)),

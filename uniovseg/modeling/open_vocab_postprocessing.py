@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -51,13 +52,22 @@ def resize_mask_logits(
 ) -> torch.Tensor:
     """Mask logits predicted on the (padded) network input -> logits at the original image size.
 
-    As detectron2's ``sem_seg_postprocess``: upsample to the padded input, crop the valid
-    (unpadded) top-left region, resize to the original size; bilinear, in logit space.
+    Two geometries, bilinear in logit space (``align_corners=False``) in both:
+
+    * the release's (the valid region's longest side fills a square padded input, as
+      ``MODEL.UNIOVSEG.TEST.RESIZE_MODE: longest_side`` makes it): upsample to the padded
+      square, scale that square uniformly to the original's longest side ``L`` and keep the
+      top-left ``(H0, W0)``, as the release's ``sem_seg_postprocess`` does. Its masks are then
+      ours, pixel for pixel; cropping the valid region first (below) would stretch it by its
+      rounding, up to ~0.7 px at the far edge of a 4:3 photo;
+    * otherwise (``shortest_edge`` test resizing, no padding): detectron2's
+      ``sem_seg_postprocess`` as Mask2Former and FC-CLIP use it: upsample to the padded input,
+      crop the valid region, resize it to the original size.
 
     Args:
         mask_logits: [K, h, w] float logits covering the whole padded input (any stride).
         valid_size: (h, w) of the resized image inside the padded input, in input pixels
-            (an :class:`~uniovseg.modeling.image_encoding.ImageFrame`'s ``valid_size``).
+            (an :class:`~uniovseg.modeling.image_frame.ImageFrame`'s ``valid_size``).
         output_size: (H, W) of the original image.
         padded_size: (S_h, S_w) of the padded input; None when there is no padding
             (``valid_size`` is then the size the logits cover).
@@ -73,15 +83,54 @@ def resize_mask_logits(
         raise ValueError(f"valid_size {valid_size} does not fit in padded_size {padded}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    release_geometry = padded[0] == padded[1] and max(valid_size) == padded[0]
     out = mask_logits.new_empty((mask_logits.shape[0], *output_size))
     for start in range(0, mask_logits.shape[0], chunk_size):
-        chunk = resize_and_crop(mask_logits[start : start + chunk_size], padded, valid_size)
-        if tuple(valid_size) != tuple(output_size):  # else the second resize is the identity
-            chunk = F.interpolate(
-                chunk[:, None], size=tuple(output_size), mode="bilinear", align_corners=False
-            )[:, 0]
+        chunk = mask_logits[start : start + chunk_size]
+        if release_geometry:
+            chunk = _scale_square_and_crop(chunk, padded[0], tuple(output_size))
+        else:
+            chunk = resize_and_crop(chunk, padded, valid_size)
+            if tuple(valid_size) != tuple(output_size):  # else the second resize is the identity
+                chunk = F.interpolate(
+                    chunk[:, None], size=tuple(output_size), mode="bilinear", align_corners=False
+                )[:, 0]
         out[start : start + chunk_size] = chunk
     return out
+
+
+def _scale_square_and_crop(
+    mask_logits: torch.Tensor, side: int, output_size: tuple[int, int]
+) -> torch.Tensor:
+    """[K, h, w] logits over a ``side`` x ``side`` padded input -> [K, H0, W0]: the release's
+    ``interpolate(interpolate(x, (side, side)), (L, L))[:, :H0, :W0]`` with L = max(H0, W0),
+    bit for bit, computing only the rows and columns that the crop keeps (for a 4:3 photo a
+    quarter of the L x L square is padding).
+
+    Bilinear output o reads input ``floor((o + 0.5) / s - 0.5)`` and the next one, s = L / side.
+    The second resize is ATen's ``upsample_bilinear2d`` with an explicit output size *and* the
+    scale: ``F.interpolate`` accepts only one of them, and derives the scale from a cut input's
+    size (``size=``) or rounds it differently (``scale_factor=``), which moves pixels."""
+    height, width = output_size
+    longest = max(height, width)
+    scale = longest / side
+
+    def rows_read(extent: int) -> int:
+        last_read = int(np.floor((extent - 0.5) / scale - 0.5)) + 1
+        return min(side, last_read + 2)  # one spare row against rounding at the edge
+
+    rows, cols = rows_read(height), rows_read(width)
+    square = resize_and_crop(mask_logits, (side, side), (rows, cols))
+    # ATen turns a given scale into 1 / scale (in double, then float32); without it, it uses
+    # float32(side) / float32(L). Pass the scale whose inverse is exactly that float.
+    aten_scale = 1.0 / float(np.float32(side) / np.float32(longest))
+    # Where a dimension's input and output sizes are equal ATen copies it and ignores the scale:
+    # ask for one more output row/column there and drop it.
+    out_rows = height + (rows == height and longest != side)
+    out_cols = width + (cols == width and longest != side)
+    return torch.ops.aten.upsample_bilinear2d(
+        square[:, None], [out_rows, out_cols], False, aten_scale, aten_scale
+    )[:, 0, :height, :width]
 
 
 def semantic_inference(
