@@ -18,6 +18,8 @@ _EXPORTS = {
     "UniOVSegPredictor": "uniovseg.inference.predictor",
     "save_pretrained": "uniovseg.inference.model_bundle",
     "load_pretrained": "uniovseg.inference.model_bundle",
+    "export_onnx": "uniovseg.inference.onnx_export",
+    "check_onnx_parity": "uniovseg.inference.onnx_parity",
     "PromptPrediction": "uniovseg.inference.predictions",
     "MaskLabels": "uniovseg.inference.predictions",
     "SemanticPrediction": "uniovseg.inference.predictions",

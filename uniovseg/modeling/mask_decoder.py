@@ -152,8 +152,10 @@ def _limit_to_boxes(
     cells = cells[:, :, None, :].expand(-1, -1, num_tokens, -1)
     cells = cells.reshape(batch, 1, num_prompts * num_tokens, num_pixels)
     limited = attn_mask & cells
-    # Where the predicted masks miss the box entirely, attend to the whole box instead.
-    return torch.where(limited.any(dim=-1, keepdim=True), limited, cells)
+    # Where the predicted masks miss the box entirely, attend to the whole box instead. (Boolean
+    # algebra rather than torch.where: onnxruntime has no Where kernel for bool tensors.)
+    hit = limited.any(dim=-1, keepdim=True)
+    return (hit & limited) | (~hit & cells)
 
 
 class PromptMaskDecoder(nn.Module):
