@@ -33,6 +33,7 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_meta_arch_config(cfg)
     _add_dataset_paths_config(cfg)
     _add_open_vocab_config(cfg)
+    _add_concepts_config(cfg)
     _add_alignment_config(cfg)
     # --- further sections are added below by later components (pixel decoder, prompt encoder,
     # --- mask decoder, data, alignment); keep one function per section.
@@ -399,6 +400,27 @@ def _add_open_vocab_config(cfg: CN) -> None:
     ov.SEMANTIC_USE_MASK_SCORES = False
     # Multiply each mask's panoptic score by its predicted IoU.
     ov.PANOPTIC_USE_MASK_SCORES = False
+
+
+def _add_concepts_config(cfg: CN) -> None:
+    """Concept prompts: ``UniOVSegPredictor.segment_concepts("red car; dog")``, every instance of
+    each phrase or "none found" (uniovseg/modeling/concept_segmentation.py)."""
+    c = cfg.MODEL.UNIOVSEG.CONCEPTS = CN()
+    # What an automatic mask may show instead of a phrase: each phrase's probability is its
+    # softmax share among [phrase, these classes] (entries naming the phrase left out). A
+    # packaged name, a file or an inline "a; b, c" list; best the classes of the model's
+    # training or evaluation domain. Default: COCO panoptic's 133 everyday things and stuff.
+    c.BACKGROUND_VOCABULARY = "coco_panoptic_133"
+    # Keep masks whose phrase probability is >= this. 0.5 (the phrase at least as likely as
+    # the whole background together) is a prior, not a measurement: calibrate it for a model
+    # and background on held-out labelled images with `tools/eval_concepts.py --calibrate`
+    # (the synthetic configs carry such a calibrated value; README "Concept prompts").
+    c.SCORE_THRESH = 0.5
+    # Mask NMS among one phrase's candidates, by decreasing probability: a kept mask removes
+    # another with IoU >= NMS_IOU_THRESH or lying inside it for >= NMS_CONTAINMENT_THRESH of
+    # its area (an object's parts match its phrase too), so each object is one instance.
+    c.NMS_IOU_THRESH = 0.5
+    c.NMS_CONTAINMENT_THRESH = 0.7
 
 
 def _add_alignment_config(cfg: CN) -> None:

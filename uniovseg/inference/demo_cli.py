@@ -9,6 +9,8 @@ Examples (``uniovseg-demo`` is the installed command; ``python demo/demo.py`` is
         --output out/ --task automatic --device cuda
     uniovseg-demo --config-file CONFIG --input a.jpg --output out/ --task prompted \
         --points "120,80;40,200" --boxes "10,20,200,180" --vocab-name ade20k_150
+    uniovseg-demo --config-file CONFIG --input photos/ --output out/ --task concepts \
+        --concepts "red car; dog, puppy"
 
 CONFIG is a YAML path or the name of a packaged config (configs/ of the repository, e.g.
 tiny/stage1_tiny.yaml), so it works from any folder. A checkpoint that holds the CLIP weights
@@ -17,7 +19,8 @@ tiny/stage1_tiny.yaml), so it works from any folder. A checkpoint that holds the
 Per image NAME the output folder gets:
     NAME_overlay.png   a picture to look at: the image with its masks filled and outlined and,
                        beside or under it, a legend (classes present by area; for prompts,
-                       each prompt's number -> its mask's class, score and IoU). Prompts are
+                       each prompt's number -> its mask's class, score and IoU; for
+                       concepts, each phrase's instances or "none found"). Prompts are
                        numbered 1, 2... points first, then boxes (prompt_index + 1 in the
                        JSON). At the processed size (longest side at most --max-side);
     NAME_semantic.png  data, not a picture: the class index of each pixel (looks black in an
@@ -28,7 +31,9 @@ Per image NAME the output folder gets:
     NAME.json          size, conversions, class names and the records (COCO RLE
                        ``segmentation``, ``bbox`` XYWH, ``area``, ``predicted_iou``,
                        ``stability_score``, ``point_coords`` or ``box``, and ``category``/
-                       ``score`` when a vocabulary is given);
+                       ``score`` when a vocabulary is given; task concepts: ``concepts``,
+                       each phrase with ``found`` and its number of instances, and one
+                       record per instance with ``concept``, ``score``, ``predicted_iou``);
 and the folder gets summary.json (processed and skipped images with reasons, timings).
 
 NAME is the image's path relative to the input directory it was found in (directories: so
@@ -76,6 +81,7 @@ from uniovseg.data.vocabulary import (
     class_display_names,
     load_vocabulary,
     parse_vocabulary_string,
+    resolve_vocabulary,
 )
 from uniovseg.inference import output_files
 from uniovseg.inference.image_io import (
@@ -88,7 +94,7 @@ from uniovseg.inference.prompts import check_prompts_inside, parse_boxes, parse_
 
 logger = logging.getLogger("uniovseg.demo")
 
-TASKS = ("automatic", "semantic", "panoptic", "prompted")
+TASKS = ("automatic", "semantic", "panoptic", "prompted", "concepts")
 EXIT_OK, EXIT_NOTHING_PROCESSED, EXIT_BAD_ARGUMENTS, EXIT_SUMMARY_NOT_WRITTEN = 0, 1, 2, 3
 
 
@@ -124,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--multimask", action="store_true", help="task prompted: all 4 masks per point"
     )
+    parser.add_argument(
+        "--concepts", help="task concepts: phrases, ';' between them (e.g. 'red car; dog')"
+    )
+    parser.add_argument(
+        "--background",
+        help="task concepts: what a mask may show instead of a phrase (a vocabulary; default "
+        "MODEL.UNIOVSEG.CONCEPTS.BACKGROUND_VOCABULARY)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: config)")
     # 4096: photos up to 12 MP reach the model whole, so the model's one resize (the
     # release's) is the only one; a pre-downscale (SA-1B photos are ~2250 px) changed the input.
@@ -156,6 +170,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if args.max_side < 1 or args.min_side < 1:
         parser.error("--max-side and --min-side must be >= 1")
     plan = {"vocabulary": None, "thing_classes": [], "points": None, "boxes": None}
+    plan["concepts"], plan["background"] = None, None
     try:
         if args.vocab is not None:
             plan["vocabulary"] = parse_vocabulary_string(args.vocab)
@@ -176,6 +191,12 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             plan["points"] = parse_points(args.points)
         if args.boxes:
             plan["boxes"] = parse_boxes(args.boxes)
+        if args.concepts is not None:
+            from uniovseg.modeling.concept_segmentation import parse_concepts
+
+            plan["concepts"] = parse_concepts(args.concepts)
+        if args.background is not None:
+            plan["background"] = resolve_vocabulary(args.background)
     except ValueError as e:
         parser.error(str(e))
     if args.task in ("semantic", "panoptic") and plan["vocabulary"] is None:
@@ -194,6 +215,10 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--task prompted needs --points and/or --boxes")
     if args.task != "prompted" and has_prompts:
         parser.error("--points/--boxes are only used with --task prompted")
+    if (args.task == "concepts") != (plan["concepts"] is not None):
+        parser.error("--task concepts and --concepts 'red car; dog' go together")
+    if plan["background"] is not None and args.task != "concepts":
+        parser.error("--background is only used with --task concepts")
     return plan
 
 
@@ -238,6 +263,8 @@ def process_image(
         info["class_names"] = predictor.class_names
     if args.task == "prompted":
         overlay = _prompted(predictor, loaded, args, plan, info, upscaler)
+    elif args.task == "concepts":
+        overlay = _concepts(predictor, loaded.image, plan, info, upscaler)
     else:
         overlay = _automatic(
             predictor, generator, loaded.image, args.task, out_prefix, info, written, upscaler
@@ -290,6 +317,42 @@ def _prompted(predictor, loaded, args, plan, info: dict, upscaler) -> np.ndarray
         texts[r["prompt_index"]].append(f"{label}iou {r['predicted_iou']:.2f}")
     info["records"] = records
     return visualization.draw_prompts(loaded.image, masks, points=points, boxes=boxes, texts=texts)
+
+
+def _concepts(predictor, image, plan, info: dict, upscaler) -> np.ndarray:
+    """Task concepts: every instance of each phrase (records at the original size, re-rendered
+    from the automatic masks' logits) or "none found"; the overlay at the processed size."""
+    import torch
+
+    from uniovseg.inference import visualization
+
+    out = predictor.segment_concepts(plan["concepts"], background=plan["background"])
+    result = predictor.generate_automatic_masks()  # cached: the masks the instances index
+    records, summary = [], []
+    for i, concept in enumerate(out):
+        index = [instance.mask_index for instance in concept.instances]
+        if index:
+            chosen = result.select(torch.tensor(index, device=result.masks.device))
+            full = upscaler.automatic_result(chosen)
+            records += output_files.concept_records(
+                full.masks.cpu().numpy(),
+                concept.scores,
+                chosen.iou_scores.cpu().numpy(),
+                concept=concept.phrase,
+                concept_index=i,
+            )
+        summary.append({"concept": concept.phrase, "found": concept.found, "instances": len(index)})
+    info["concepts"] = summary
+    info["score_threshold"] = out.score_threshold
+    info["records"] = records
+    names = class_display_names([c.phrase for c in out])
+    masks = [
+        np.stack([i.mask for i in c.instances])
+        if c.found
+        else np.zeros((0, *image.shape[:2]), bool)
+        for c in out
+    ]
+    return visualization.draw_concepts(image, names, masks, [c.scores.tolist() for c in out])
 
 
 def _automatic(

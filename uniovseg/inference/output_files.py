@@ -44,6 +44,7 @@ __all__ = [
     "IMAGE_FILE_SUFFIXES",
     "SUMMARY_FILE",
     "check_output_dir",
+    "concept_records",
     "label_map_ignore_value",
     "output_names",
     "panoptic_to_semantic",
@@ -246,6 +247,52 @@ def prompt_records(
             record["category"] = class_names[int(labels[i, m])]
             record["score"] = float(scores[i, m])
         records.append(record)
+    return records
+
+
+def concept_records(
+    masks: np.ndarray,
+    scores: Sequence[float],
+    iou_predictions: Sequence[float],
+    *,
+    concept: str,
+    concept_index: int,
+) -> list[dict]:
+    """Records of one phrase's instances (concept prompts), JSON-ready.
+
+    Args:
+        masks: bool [N, H, W], the instances by decreasing score.
+        scores: Their N phrase probabilities.
+        iou_predictions: Their N predicted IoUs (mask quality).
+        concept: The phrase.
+        concept_index: Its position in the query.
+
+    Returns:
+        N dicts with ``segmentation`` (COCO RLE), ``area``, ``bbox`` (XYWH), ``concept``,
+        ``concept_index``, ``score`` and ``predicted_iou``.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3 or not len(masks) == len(scores) == len(iou_predictions):
+        raise ValueError(
+            f"masks must be [N, H, W] with N scores and IoUs, got {masks.shape}, "
+            f"{len(scores)} and {len(iou_predictions)}"
+        )
+    rles = encode_masks_rle(masks)
+    xyxy = masks_to_boxes(torch.from_numpy(masks)).round().long().tolist()
+    records = []
+    for k in range(len(masks)):
+        x1, y1, x2, y2 = xyxy[k]
+        records.append(
+            {
+                "segmentation": rles[k],
+                "area": int(masks[k].sum()),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "concept": concept,
+                "concept_index": int(concept_index),
+                "score": float(scores[k]),
+                "predicted_iou": float(iou_predictions[k]),
+            }
+        )
     return records
 
 

@@ -9,6 +9,9 @@ import numpy as np
 
 __all__ = [
     "UNLABELED",
+    "ConceptInstance",
+    "ConceptPrediction",
+    "ConceptResult",
     "MaskLabels",
     "PanopticPrediction",
     "PromptPrediction",
@@ -83,3 +86,93 @@ class PanopticPrediction(NamedTuple):
 
     panoptic_seg: np.ndarray
     segments_info: list[dict]
+
+
+class ConceptInstance(NamedTuple):
+    """One instance of a concept phrase.
+
+    Attributes:
+        mask: bool [H0, W0] at the original size.
+        box: float32 [4] tight XYXY box of ``mask`` in original pixels (pixel edges).
+        score: The phrase's probability for this mask, in [0, 1] (see
+            :func:`~uniovseg.modeling.concept_segmentation.concept_probs`).
+        mask_index: Index of the mask in the image's automatic masks
+            (``predictor.generate_automatic_masks()``), e.g. to re-render it at another size.
+    """
+
+    mask: np.ndarray
+    box: np.ndarray
+    score: float
+    mask_index: int
+
+
+@dataclass
+class ConceptResult:
+    """The answer for one phrase of a concept query.
+
+    Attributes:
+        phrase: The phrase entry (synonyms comma-separated, e.g. ``"dog, puppy"``).
+        instances: Its instances by decreasing score; empty when none was found.
+    """
+
+    phrase: str
+    instances: list[ConceptInstance]
+
+    @property
+    def found(self) -> bool:
+        """Whether the phrase has at least one instance (False: "none found")."""
+        return bool(self.instances)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """float32 [N], the instances' scores."""
+        return np.array([i.score for i in self.instances], dtype=np.float32)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """float32 [N, 4] XYXY boxes."""
+        return np.array([i.box for i in self.instances], dtype=np.float32).reshape(-1, 4)
+
+
+@dataclass
+class ConceptPrediction:
+    """The answer to a concept query (``predictor.segment_concepts("red car; dog")``).
+
+    Index it by position or by phrase (any synonym, case-insensitive): ``out["dog"].found``.
+
+    Attributes:
+        concepts: One :class:`ConceptResult` per phrase, in query order.
+        image_size: (H0, W0) of the image.
+        score_threshold: The probability a mask needed (``MODEL.UNIOVSEG.CONCEPTS.SCORE_THRESH``
+            unless overridden).
+        background: The background entries the phrases competed with.
+    """
+
+    concepts: list[ConceptResult]
+    image_size: tuple[int, int]
+    score_threshold: float
+    background: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def __iter__(self):
+        return iter(self.concepts)
+
+    def __getitem__(self, key: int | str) -> ConceptResult:
+        if isinstance(key, str):
+            wanted = " ".join(key.split()).casefold()
+            for result in self.concepts:
+                names = [" ".join(n.split()).casefold() for n in result.phrase.split(",")]
+                if wanted in names:
+                    return result
+            phrases = [r.phrase for r in self.concepts]
+            raise KeyError(f"{key!r} is not a phrase of this query ({phrases})")
+        return self.concepts[key]
+
+    def union_mask(self, key: int | str) -> np.ndarray:
+        """bool [H0, W0]: every pixel of the phrase's instances (all False when none found)."""
+        union = np.zeros(self.image_size, dtype=bool)
+        for instance in self[key].instances:
+            union |= instance.mask
+        return union

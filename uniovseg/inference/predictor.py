@@ -39,9 +39,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from uniovseg.data.vocabulary import class_display_names, thing_class_indices
+from uniovseg.data.vocabulary import (
+    class_display_names,
+    resolve_vocabulary,
+    thing_class_indices,
+)
 from uniovseg.inference.predictions import (
     UNLABELED,
+    ConceptInstance,
+    ConceptPrediction,
+    ConceptResult,
     MaskLabels,
     PanopticPrediction,
     PromptPrediction,
@@ -59,11 +66,13 @@ from uniovseg.modeling.automatic_mask_engine import (
     AutomaticMaskGenerationEngine,
     AutomaticMaskResult,
 )
+from uniovseg.modeling.concept_segmentation import parse_concepts
 
 if TYPE_CHECKING:
     from uniovseg.modeling.image_encoding import ImageEncoding
 
 __all__ = [
+    "ConceptPrediction",
     "MaskLabels",
     "PanopticPrediction",
     "PromptPrediction",
@@ -111,10 +120,13 @@ class _ImageSession:
     Attributes:
         encoding: The model's encoding of the image (features and frame).
         automatic_cache: ``(engine key, AutomaticMaskResult)`` of the last automatic masks.
+        region_cache: ``(AutomaticMaskResult, region embeddings [K, D])`` of the last masks
+            that concept queries classified (later queries reuse them).
     """
 
     encoding: ImageEncoding
     automatic_cache: tuple | None = None
+    region_cache: tuple | None = None
 
 
 def _image_attribute(name: str, doc: str) -> property:
@@ -752,3 +764,98 @@ class UniOVSegPredictor:
         names = self.class_names
         segments = [{**s, "category": names[s["category_id"]]} for s in segments_info]
         return PanopticPrediction(panoptic_seg.cpu().numpy().astype(np.int32), segments)
+
+    # ------------------------------------------------------------------ concept prompts
+    @_locked
+    @torch.no_grad()
+    def segment_concepts(
+        self,
+        concepts: str | Sequence[str],
+        *,
+        background: str | Sequence[str] | None = None,
+        score_threshold: float | None = None,
+        engine: AutomaticMaskGenerationEngine | None = None,
+    ) -> ConceptPrediction:
+        """Every instance of each phrase in the current image, or "none found".
+
+        The image's automatic masks and their region embeddings are computed once per image
+        (on the first query) and reused by every later query; each query then only embeds
+        its phrases (the background's text embeddings are cached too). Each phrase is scored
+        on its own against the background vocabulary and rejected below the calibrated
+        threshold (:mod:`uniovseg.modeling.concept_segmentation`; ``MODEL.UNIOVSEG.CONCEPTS``).
+
+        Example::
+
+            predictor.set_image(image)
+            out = predictor.segment_concepts("red car; dog")
+            for concept in out:
+                print(concept.phrase, concept.found, [i.score for i in concept.instances])
+            dog_pixels = out.union_mask("dog")
+
+        Args:
+            concepts: ``"red car; dog"`` (``;`` between phrases, ``,`` between synonyms of one
+                phrase) or a list of phrases.
+            background: Replaces ``CONCEPTS.BACKGROUND_VOCABULARY`` for this query (a packaged
+                name, a file, an inline list or a list of entries).
+            score_threshold: Replaces ``CONCEPTS.SCORE_THRESH``; 0 returns every
+                de-duplicated mask with its score (a ranking, e.g. for evaluation).
+            engine: The automatic masks' grid, thresholds and NMS; None: the model's.
+
+        Returns:
+            A :class:`ConceptPrediction`: per phrase its instances (mask, box, score) at the
+            original size, ``found`` False when it has none.
+
+        Raises:
+            ValueError: no image set, a model without open-vocabulary inference, an empty or
+                malformed query; before any computation.
+        """
+        phrases = parse_concepts(concepts)
+        state = self._require_image()
+        open_vocab = self.model.open_vocab
+        if open_vocab is None:
+            raise ValueError("this model was built without open-vocabulary inference")
+        segmenter = open_vocab.concepts
+        background = segmenter.background if background is None else resolve_vocabulary(background)
+        result = self._automatic_masks(state, engine)
+        region_embeds = self._automatic_region_embeds(state, result)
+        probs = segmenter.phrase_probs(
+            region_embeds, phrases, open_vocab.text_classifier, background
+        )
+        found = segmenter.select(result, probs, score_threshold=score_threshold)
+        masks = result.masks.cpu().numpy()
+        boxes = result.boxes.float().cpu().numpy()
+        answers = [
+            ConceptResult(
+                phrase=phrase,
+                instances=[
+                    ConceptInstance(masks[k], boxes[k], float(score), int(k))
+                    for k, score in zip(
+                        instances.mask_indices.tolist(), instances.scores.tolist(), strict=True
+                    )
+                ],
+            )
+            for phrase, instances in zip(phrases, found, strict=True)
+        ]
+        return ConceptPrediction(
+            concepts=answers,
+            image_size=self.original_size,
+            score_threshold=(
+                segmenter.score_threshold if score_threshold is None else float(score_threshold)
+            ),
+            background=list(background),
+        )
+
+    def _automatic_region_embeds(
+        self, state: _ImageSession, result: AutomaticMaskResult
+    ) -> torch.Tensor:
+        """Region embeddings [K, D] of the image's automatic masks ``result`` (cached: the
+        session's last result, by identity)."""
+        if state.region_cache is not None and state.region_cache[0] is result:
+            return state.region_cache[1]
+        with self.model.inference_precision():
+            # The masks' probabilities over the padded frame, as UniOVSeg.classify_masks.
+            embeds = self.model.region_embeddings(
+                state.encoding, result.mask_logits_lowres.float().sigmoid()
+            )
+        state.region_cache = (result, embeds)
+        return embeds

@@ -11,6 +11,8 @@ and square images) or under it (wide ones), so that no text ever hides a pixel.
 * semantic and panoptic segmentations (:func:`draw_semantic`, :func:`draw_panoptic`): regions
   in their class colour, outlined; the legend lists the classes present, largest area first,
   with the share of the image they cover (and the number of instances of thing classes);
+* concept prompts (:func:`draw_concepts`): each phrase's instances in shades of its colour,
+  tagged "phrase score"; the legend lists every phrase, those with no instance as "none found";
 * prompted masks (:func:`draw_prompts`): prompt ``n`` is drawn as a numbered marker (points) or
   a box with a numbered corner marker, both with a black and white outline that stands out on
   any photo, and its masks in the same colour; the legend maps each number to its text.
@@ -37,6 +39,7 @@ __all__ = [
     "add_legend",
     "class_color",
     "colorize_labels",
+    "draw_concepts",
     "draw_masks",
     "draw_panoptic",
     "draw_prompts",
@@ -555,3 +558,57 @@ def draw_panoptic(
         text = class_names[c] + (f" x{count}" if count > 1 else "")
         entries.append(LegendEntry(class_color(c), f"{text}  {_share(areas[c], total)}"))
     return add_legend(canvas.finish(), entries)
+
+
+def draw_concepts(
+    image: np.ndarray,
+    phrases: Sequence[str],
+    masks: Sequence[np.ndarray],
+    scores: Sequence[Sequence[float]],
+    *,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """The instances of a concept query, each tagged with its phrase and score, and a legend
+    that lists every phrase: its number of instances, or "none found".
+
+    Phrase ``i`` has colour :func:`class_color` ``(i)``; its instances are shades of it.
+
+    Args:
+        image: uint8 [H, W, 3] RGB.
+        phrases: The P display names of the phrases.
+        masks: Per phrase, bool [N_i, H, W] (N_i may be 0).
+        scores: Per phrase, the N_i scores in [0, 1].
+        alpha: Fill opacity in [0, 1].
+
+    Returns:
+        uint8 RGB picture (see the module docstring for its layout).
+    """
+    image = _check_image(image)
+    if not len(phrases) == len(masks) == len(scores):
+        raise ValueError(f"{len(phrases)} phrases, {len(masks)} mask sets, {len(scores)} scores")
+    all_masks, class_ids, labels = [], [], []
+    for i, (phrase, phrase_masks, phrase_scores) in enumerate(
+        zip(phrases, masks, scores, strict=True)
+    ):
+        phrase_masks = np.asarray(phrase_masks, dtype=bool).reshape(-1, *image.shape[:2])
+        if len(phrase_masks) != len(phrase_scores):
+            raise ValueError(
+                f"phrase {phrase!r}: {len(phrase_masks)} masks, {len(phrase_scores)} scores"
+            )
+        all_masks += list(phrase_masks)
+        class_ids += [i] * len(phrase_masks)
+        labels += [f"{phrase} {score:.0%}" for score in phrase_scores]
+    stack = np.stack(all_masks) if all_masks else np.zeros((0, *image.shape[:2]), dtype=bool)
+    picture = draw_masks(
+        image, stack, labels=labels, class_ids=class_ids, max_labels=len(labels), alpha=alpha
+    )
+    entries = []
+    for i, (phrase, phrase_scores) in enumerate(zip(phrases, scores, strict=True)):
+        count = len(phrase_scores)
+        text = (
+            f"{phrase}: none found"
+            if not count
+            else f"{phrase} x{count}  best {max(phrase_scores):.0%}"
+        )
+        entries.append(LegendEntry(class_color(i), text))
+    return add_legend(picture, entries)

@@ -16,6 +16,7 @@ import torch
 from detectron2.config import configurable
 
 from uniovseg.modeling.automatic_mask_engine import AutomaticMaskResult
+from uniovseg.modeling.concept_segmentation import ConceptSegmenter
 from uniovseg.modeling.image_frame import ImageFrame
 from uniovseg.modeling.inference_stages import stage
 from uniovseg.modeling.open_vocab_postprocessing import (
@@ -59,6 +60,7 @@ class OpenVocabInference:
         vocabulary: str | Sequence[str] = "",
         thing_classes: Collection[int] = (),
         outputs: Sequence[str] = _OUTPUTS,
+        concepts: ConceptSegmenter | None = None,
     ) -> None:
         """
         Args:
@@ -69,9 +71,12 @@ class OpenVocabInference:
             thing_classes: Contiguous indices of the vocabulary's "thing" classes (panoptic:
                 one segment per mask; other classes are stuff, merged per class).
             outputs: Subset of ("sem_seg", "panoptic_seg") to compute.
+            concepts: Concept prompts' scoring and rejection (``MODEL.UNIOVSEG.CONCEPTS``);
+                None: the defaults of :class:`ConceptSegmenter`.
         """
         self.text_classifier = text_classifier
         self.postprocessor = postprocessor
+        self.concepts = concepts if concepts is not None else ConceptSegmenter()
         self.thing_classes: set[int] = set()
         self.set_outputs(outputs)
         if vocabulary:
@@ -84,6 +89,7 @@ class OpenVocabInference:
             "postprocessor": OpenVocabPostprocessor(cfg),
             "vocabulary": cfg.MODEL.UNIOVSEG.OPEN_VOCAB.VOCABULARY,
             "outputs": tuple(cfg.MODEL.UNIOVSEG.TEST.OPEN_VOCAB_OUTPUTS),
+            "concepts": ConceptSegmenter(cfg),
         }
 
     @property
