@@ -152,3 +152,18 @@ def test_long_legends_are_cut_with_a_count_of_the_rest():
     shown = [k for k in range(40) if _rows_with(panel, vis.class_color(k)).size]
     # 23 swatches and a "+ 17 more" line (colours repeat after 64, so no aliasing here)
     assert shown == list(range(23))
+
+
+def test_marked_points_are_drawn_at_the_prompt_marker_size_and_nowhere_else():
+    image = _image(100, 100)
+    picture = vis.add_legend(image, [vis.LegendEntry(vis.class_color(0), "a long legend line")])
+    out = vis.mark_points(picture, np.array([[20.0, 30.0]]), text="x", image_size=(100, 100))
+    assert out.shape == picture.shape and out is not picture
+    changed = np.argwhere((out != picture).any(axis=2))
+    # Centred on the point, as large as draw_prompts' markers on a 100 px image (11 px text).
+    (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+    assert abs((x0 + x1) / 2 - 20) <= 1 and abs((y0 + y1) / 2 - 30) <= 1
+    reference = vis.draw_prompts(image, [np.zeros((100, 100), bool)], points=[[20.0, 30.0]])
+    marker = np.argwhere((reference[:100, :100] != image).any(axis=2))
+    assert np.abs((y1 - y0) - np.ptp(marker[:, 0])) <= 2
+    assert (np.hypot(changed[:, 1] - 20, changed[:, 0] - 30) <= 12).all()  # nowhere else

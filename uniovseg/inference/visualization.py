@@ -44,6 +44,7 @@ __all__ = [
     "draw_panoptic",
     "draw_prompts",
     "draw_semantic",
+    "mark_points",
 ]
 
 Color = tuple[int, int, int]
@@ -397,6 +398,37 @@ def _draw_prompt_markers(draw, points, boxes, size: int, thickness: int) -> None
         _draw_marker(draw, (float(box[0]), float(box[1])), str(i), _prompt_color(i), size)
     for i, (x, y) in enumerate(points, start=1):
         _draw_marker(draw, (float(x), float(y)), str(i), _prompt_color(i), size)
+
+
+def mark_points(
+    picture: np.ndarray,
+    points: np.ndarray,
+    *,
+    text: str,
+    color: Color = _DARK,
+    image_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Points drawn as round markers like the prompts' (ringed white then black), all with one
+    text and colour: e.g. clicks that are not prompts of their own.
+
+    Args:
+        picture: uint8 [H, W, 3] RGB (e.g. a ``draw_*`` result: its top-left block is the image).
+        points: float [P, 2] (x, y) pixels of ``picture``.
+        text: What each marker shows (a character or two).
+        color: Fill of the markers.
+        image_size: (H, W) of the image inside ``picture`` (without its legend): markers get
+            the size of the ``draw_*`` markers on it. Default: the picture's size.
+
+    Returns:
+        A new uint8 RGB picture of the same size.
+    """
+    picture = _check_image(picture)
+    size = _text_size(image_size if image_size is not None else picture.shape)
+    picture = Image.fromarray(picture.copy())
+    draw = ImageDraw.Draw(picture)
+    for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+        _draw_marker(draw, (float(x), float(y)), text, color, size)
+    return np.asarray(picture)
 
 
 def draw_prompts(
