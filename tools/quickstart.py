@@ -2,12 +2,14 @@
 evaluation -> demo pictures -> model bundles, each step through the project's own command-line
 tools.
 
-    python tools/quickstart.py [--output output/quickstart] [--quick]
+    python tools/quickstart.py [--output output/quickstart] [--quick] [--shards]
 
 Idempotent and resumable: every finished step leaves a marker in ``<output>/steps/`` and is
 skipped the next time; an interrupted training continues from its last checkpoint
 (``train_net.py --resume``). ``--quick`` shrinks every step (tiny images, a few iterations) to
-check that the pipeline runs end to end (CI does this); its numbers mean nothing.
+check that the pipeline runs end to end (CI does this); its numbers mean nothing. ``--shards``
+also packs the world's SA-1B set and captions into tar shards (``tools/write_shards.py``) and
+trains both stages from them, as on SA-1B's own tars and img2dataset's caption shards.
 
 The final table compares, on the world's held-out labelled images, the baseline (stage-1 masks
 classified by raw CLIP mask pooling, the paper's Sec. 3.2) with the model after mask-text
@@ -50,6 +52,8 @@ class Plan:
     stage2_iters: int = 600
     extra_opts: list = field(default_factory=list)
     demo_images: int = 4
+    # Train from tar shards of this many samples each (0: from the extracted world).
+    samples_per_shard: int = 0
 
     @classmethod
     def quick(cls) -> Plan:
@@ -179,6 +183,47 @@ class Quickstart:
             ),  # fmt: skip
         )
 
+    def write_shards(self) -> None:
+        """Packs the world's SA-1B set and captions into tar shards (``--shards``)."""
+        if not self.plan.samples_per_shard:
+            return
+        for kind, source in (
+            ("sa1b", ["--root", os.path.join(self.world, "sa1b")]),
+            ("captions", ["--manifest", os.path.join(self.world, "captions", "captions.jsonl")]),
+        ):
+            output = os.path.join(self.world, "shards", kind)
+            self.run(
+                f"1_shards_{kind}",
+                self.python(
+                    "tools/write_shards.py",
+                    kind,
+                    *source,
+                    "--output",
+                    output,
+                    "--samples-per-shard",
+                    str(self.plan.samples_per_shard),
+                ),  # fmt: skip
+            )
+
+    def data_opts(self, stage: int) -> list[str]:
+        """The config overrides that train ``stage`` from the shards (none without --shards)."""
+        if not self.plan.samples_per_shard:
+            return []
+        shards = os.path.join(self.world, "shards")
+        if stage == 1:
+            sa1b = os.path.join(shards, "sa1b")
+            return [
+                "DATASETS.TRAIN",
+                "('sa1b_train',)",
+                "DATASETS.UNIOVSEG.SA1B_SHARDS",
+                f"['{sa1b}']",
+            ]
+        captions = os.path.join(shards, "captions")
+        return [
+            "DATASETS.TRAIN", "('captions_train',)",
+            "DATASETS.UNIOVSEG.CAPTION_SHARDS", f"['{captions}']",
+        ]  # fmt: skip
+
     def stage_dir(self, name: str) -> str:
         return os.path.join(self.output, name)
 
@@ -197,6 +242,7 @@ class Quickstart:
                 str(max(1, iters // 3)),
                 "DATASETS.TEST",
                 "('synthetic_promptable_val',)",
+                *self.data_opts(1),
             ),  # fmt: skip
         )
 
@@ -217,6 +263,7 @@ class Quickstart:
                 str(max(1, iters // 3)),
                 "DATASETS.TEST",
                 "()",
+                *self.data_opts(2),
             ),  # fmt: skip
         )
 
@@ -430,6 +477,11 @@ def main() -> None:
         "--seed", type=int, default=0, help="seeds the world and every training run (default 0)"
     )
     parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="train both stages from tar shards of the world (tools/write_shards.py)",
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every step"
     )
     args = parser.parse_args()
@@ -440,8 +492,12 @@ def main() -> None:
         plan.stage2_iters = args.stage2_iters
     plan.seed = args.seed
     plan.extra_opts = [*plan.extra_opts, *args.opts]
+    if args.shards:
+        # Several shards, so that each epoch reshuffles their order.
+        plan.samples_per_shard = max(1, plan.world_counts["sa1b"] // 10)
     quickstart = Quickstart(args.output, plan)
     quickstart.generate_world()
+    quickstart.write_shards()
     quickstart.pretrain_clip()
     quickstart.train_stage1()
     quickstart.train_stage2()

@@ -32,6 +32,7 @@ def add_uniovseg_config(cfg: CN) -> None:
     _add_inference_config(cfg)
     _add_meta_arch_config(cfg)
     _add_dataset_paths_config(cfg)
+    _add_dataloader_config(cfg)
     _add_open_vocab_config(cfg)
     _add_concepts_config(cfg)
     _add_alignment_config(cfg)
@@ -325,9 +326,12 @@ def _add_meta_arch_config(cfg: CN) -> None:
     # Open-vocabulary outputs computed when a vocabulary is set ("sem_seg", "panoptic_seg");
     # evaluation narrows this to what the dataset's evaluator needs.
     cfg.MODEL.UNIOVSEG.TEST.OPEN_VOCAB_OUTPUTS = ["sem_seg", "panoptic_seg"]
-    # DistributedDataParallel(find_unused_parameters=...): a batch without box prompts leaves the
-    # single-mask token's heads without gradient; True tolerates that at a small cost.
-    cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = True
+    # True: DistributedDataParallel(find_unused_parameters=True) for every run (an extra graph
+    # traversal per iteration). False: only where the config leaves trainable parameters out of
+    # some batch by construction (a single TRAIN_PROMPT_TYPES entry, SKIP_IMAGES_WITHOUT_MASKS
+    # False, stage 2 training the mask branch without MASK_TRAIN_DATASETS; see
+    # uniovseg/engine/ddp.py). Set True if DDP stops with "Expected to have finished reduction".
+    cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS = False
 
 
 def _add_dataset_paths_config(cfg: CN) -> None:
@@ -353,12 +357,44 @@ def _add_dataset_paths_config(cfg: CN) -> None:
     d.CAPTION_MANIFEST = ""
     # Folder that the manifest's relative image paths start from; "" = the manifest's folder.
     d.CAPTION_IMAGE_ROOT = ""
+    # Skip manifest rows whose image file does not exist (one stat per row when the run starts;
+    # False for huge manifests on slow file systems: a missing image is then skipped by the
+    # mapper when it comes up).
+    d.CAPTION_CHECK_FILES = True
+    # Tar shards that sa1b_train streams instead of reading SA1B_ROOT (uniovseg/data/datasets/
+    # shards.py): the official SA-1B tars as downloaded (sa_N.jpg + sa_N.json pairs) or shards
+    # written by `python tools/write_shards.py sa1b`. A list of folders (their *.tar), brace
+    # patterns ("/data/sa1b/sa_{000000..000999}.tar"), globs, files, or URLs / "pipe:" commands
+    # that webdataset opens. SA1B_FRACTION then keeps that fraction of the shards (SA1B_SEED).
+    # Empty: the extracted folder.
+    d.SA1B_SHARDS = []
+    # WebDataset caption shards that captions_train streams instead of CAPTION_MANIFEST: as
+    # img2dataset writes them for CC3M/CC12M/LAION (key.jpg, key.txt caption, key.json whose
+    # optional "refined_caption"/"entities" are used), or `python tools/write_shards.py
+    # captions`. Same spec forms as SA1B_SHARDS. Empty: the manifest.
+    d.CAPTION_SHARDS = []
     # Extra promptable-evaluation datasets from COCO instances JSON files (any COCO-style set:
     # SegInW, converted datasets...): a list of [NAME, IMAGE_ROOT, JSON_FILE] triples, each
     # registered as NAME (evaluator "promptable") before the run, e.g. on the command line
     # DATASETS.UNIOVSEG.PROMPTABLE_COCO_JSONS "[['mine_val', 'data/images', 'data/ann.json']]"
     # DATASETS.TEST "('mine_val',)". See datasets/README.md ("Promptable segmentation").
     d.PROMPTABLE_COCO_JSONS = []
+
+
+def _add_dataloader_config(cfg: CN) -> None:
+    """The shard-stream loader (uniovseg/data/shard_stream.py, stream_loader.py) used for the
+    datasets of DATASETS.UNIOVSEG.SA1B_SHARDS / CAPTION_SHARDS. DATALOADER.NUM_WORKERS workers
+    per process each read their own shards; the stream's position is saved in every checkpoint,
+    so --resume continues with the samples not trained on yet."""
+    dl = cfg.DATALOADER.UNIOVSEG = CN()
+    # Samples per shuffle block: each loader worker reads this many consecutive samples of its
+    # shards, shuffles and emits them (plus a new shard order each epoch). It bounds the memory
+    # of a worker: SHUFFLE_BUFFER x the largest raw sample (SA-1B ~1.5 MB per image+JSON, a
+    # 256 px caption image ~30 kB). Changing it makes --resume start a new epoch.
+    dl.SHUFFLE_BUFFER = 256
+    # Append every trained sample's name and epoch to OUTPUT_DIR/sample_log/rank<R>.jsonl, one
+    # line per iteration (audits what a run saw, e.g. exactly once per epoch across a resume).
+    dl.SAMPLE_LOG = False
 
 
 def _add_open_vocab_config(cfg: CN) -> None:

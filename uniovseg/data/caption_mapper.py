@@ -34,12 +34,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils
 
 from uniovseg.modeling.image_frame import inference_frame
 from uniovseg.modeling.image_preprocessing import pad_bottom_right, resize_uint8
 
 from .entity_extraction import PARSER_NAMES, build_entity_parser
+from .image_io import read_dataset_image
 
 __all__ = ["CaptionDatasetMapper", "RowEntities"]
 
@@ -66,7 +66,9 @@ class CaptionDatasetMapper:
     """Maps a caption dataset dict to a stage-2 training sample.
 
     Input dict: ``file_name``, ``image_id``, ``caption``, optional ``refined_caption`` and
-    ``entities`` (list[str]).
+    ``entities`` (list[str]); from tar shards
+    (:func:`uniovseg.data.datasets.shards.caption_sample_to_dict`) also ``image_bytes``, the
+    encoded image, read instead of ``file_name``.
 
     Output dict:
         - ``image``: uint8 tensor [3, S, S], RGB; the resized image top-left, the rest
@@ -195,7 +197,7 @@ class CaptionDatasetMapper:
             self._skip("no_entities", file_name)
             return None
         try:
-            image = detection_utils.read_image(file_name, format="RGB")
+            image = read_dataset_image(dataset_dict, format="RGB")
         except (OSError, ValueError, SyntaxError) as e:
             logger.debug("unreadable image %s: %s", file_name, e)
             self._skip("unreadable_image", file_name)

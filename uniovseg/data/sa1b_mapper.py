@@ -30,10 +30,10 @@ from collections import Counter
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils
 from pycocotools import mask as mask_util
 
 from ..modeling.point_grid import build_point_grid
+from .image_io import read_dataset_image
 from .transforms import ColorAugSSD, sample_scale_jitter_crop
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class SA1BDatasetMapper:
     """Maps an SA-1B dataset dict to a training sample for the promptable mask generator.
 
     Input dict (from :func:`uniovseg.data.datasets.sa1b.load_sa1b_dicts`): ``file_name``,
-    ``annotation_file``, ``image_id``.
+    ``annotation_file``, ``image_id``; or, from tar shards
+    (:func:`uniovseg.data.datasets.shards.sa1b_sample_to_dict`), ``image_bytes`` and
+    ``annotation_bytes`` (the encoded image and the JSON) with a ``file_name`` naming the sample.
 
     Output dict:
         - ``image``: uint8 tensor [3, S, S], RGB, valid region top-left, rest = ``pad_value``.
@@ -217,10 +219,14 @@ class SA1BDatasetMapper:
             self._record_skip(skip, dataset_dict.get("file_name", "?"))
             return None
 
-    def _read_annotations(self, path: str) -> list[dict]:
+    def _read_annotations(self, dataset_dict: dict) -> list[dict]:
+        path = dataset_dict.get("annotation_file", dataset_dict.get("file_name", "?"))
         try:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
+            if "annotation_bytes" in dataset_dict:  # a shard sample's JSON
+                record = json.loads(dataset_dict["annotation_bytes"])
+            else:
+                with open(path, encoding="utf-8") as f:
+                    record = json.load(f)
         except FileNotFoundError as e:
             raise _Skip("missing_json", path) from e
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
@@ -236,9 +242,9 @@ class SA1BDatasetMapper:
 
     def _map(self, dataset_dict: dict) -> dict:
         rng = self._generator()
-        anns = self._read_annotations(dataset_dict["annotation_file"])
+        anns = self._read_annotations(dataset_dict)
         try:
-            image = detection_utils.read_image(dataset_dict["file_name"], format="RGB")
+            image = read_dataset_image(dataset_dict, format="RGB")
         except (OSError, ValueError, SyntaxError) as e:
             raise _Skip("unreadable_image", f"{dataset_dict['file_name']}: {e}") from e
         height, width = image.shape[:2]

@@ -122,12 +122,14 @@ class EntitySourceLog:
     so once instead of on every iteration.
 
     Args:
-        loader: An iterable of ``list[dict]`` batches; its ``resumable_samplers`` are kept.
+        loader: An iterable of ``list[dict]`` batches; its ``resumable_samplers`` and
+            ``stream_loaders`` are kept.
     """
 
     def __init__(self, loader) -> None:
         self.loader = loader
         self.resumable_samplers = getattr(loader, "resumable_samplers", [])
+        self.stream_loaders = getattr(loader, "stream_loaders", [])
 
     def __iter__(self):
         previous: frozenset[str] | None = None

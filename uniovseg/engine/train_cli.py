@@ -65,6 +65,10 @@ training data (config keys; empty = the default under $DETECTRON2_DATASETS, else
                                       --manifest captions.jsonl --output FILE
                                       [--backend llm --base-url URL --model NAME]
                                       (tools/refine_captions.py rewrites captions first)
+  DATASETS.UNIOVSEG.SA1B_SHARDS       stream SA-1B from tars instead ("['/data/sa1b']": its
+                                      official sa_*.tar, or tools/write_shards.py output)
+  DATASETS.UNIOVSEG.CAPTION_SHARDS    stream captions from WebDataset shards (img2dataset's
+                                      key.jpg/key.txt/key.json tars) instead of the manifest
   DATASETS.UNIOVSEG.PROMPTABLE_COCO_JSONS  [[NAME, IMAGE_DIR, COCO_JSON], ...]: extra
                                       promptable evaluation sets (evaluate with DATASETS.TEST)
   evaluation datasets and how to prepare them: datasets/README.md
@@ -77,7 +81,16 @@ examples:
   %(prog)s --config-file configs/eval/benchmarks.yaml --eval-only MODEL.WEIGHTS model.pth
   %(prog)s --config-file CONFIG --num-gpus 8 --num-machines 2 --machine-rank 0 \\
       --dist-url tcp://HOST:PORT                         # multi-machine, run on each machine
-On a machine without CUDA, --num-gpus N starts N processes that talk over gloo."""
+On a machine without CUDA, --num-gpus N starts N processes that talk over gloo.
+
+cluster launchers (one process per GPU; no --num-gpus: the launcher's variables give the ranks):
+  torchrun --nproc-per-node 8 train_net.py --config-file CONFIG         # 1 machine x 8 GPUs
+  torchrun --nnodes 7 --nproc-per-node 8 --rdzv-backend c10d \\
+      --rdzv-endpoint HOST0:29500 train_net.py --config-file CONFIG       # on each of 7 machines
+  srun --nodes 7 --ntasks-per-node 8 --gpus-per-node 8 \\
+      python train_net.py --config-file CONFIG                            # SLURM, 7 x 8 GPUs
+  (SLURM: the first host of the allocation is the rendezvous unless MASTER_ADDR/MASTER_PORT
+  are set; README "Training at scale" has a full sbatch script)"""
 
 
 def _default_dist_url() -> str:
@@ -367,17 +380,51 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     from detectron2.engine import launch
 
     from uniovseg.checkpoint import WeightMismatchError
+    from uniovseg.engine.launch import run_cluster_process
 
     try:
-        launch(
-            run,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        process = _cluster_process(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if process is not None:
+            run_cluster_process(process, run, (args,))
+        else:
+            launch(
+                run,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
     except WeightMismatchError as e:  # raised in this process when it runs the only worker
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cluster_process(args: argparse.Namespace):
+    """This process's rank when torchrun or srun started it (one process per GPU), else None:
+    then detectron2's launcher spawns ``--num-gpus`` processes itself.
+
+    Raises:
+        ValueError: torchrun started this process and ``--num-gpus``/``--num-machines`` ask for
+            more processes on top of it.
+    """
+    from uniovseg.engine.launch import cluster_process
+
+    process = cluster_process()
+    spawn_flags = args.num_gpus != 1 or args.num_machines != 1
+    if process is None or not spawn_flags:
+        return process
+    if process.launcher == "torchrun":
+        raise ValueError(
+            f"torchrun started {process.world_size} processes, one per GPU: leave out "
+            "--num-gpus/--num-machines/--machine-rank/--dist-url (they are for detectron2's own "
+            "launcher, which would spawn more processes inside each one)"
+        )
+    # srun with one task per machine and detectron2's flags: the flags decide.
+    logger.info("SLURM tasks with --num-gpus/--num-machines: detectron2's launcher spawns them")
+    return None

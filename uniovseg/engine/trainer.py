@@ -6,11 +6,13 @@ Stage 2 (mask-text alignment) trains on caption batches (``INPUT.DATASET_MAPPER_
 (SA-1B mapper) is built for them and every iteration gets one caption batch and one
 image-mask batch joined into one list (:class:`JointBatchLoader`); the model computes both losses
 on it in one step. This is the simplest sound combination in detectron2: one optimizer step per
-iteration, each loader keeps its own infinite, rank-sharded, resumable index stream
-(:class:`~uniovseg.data.samplers.ResumableTrainingSampler` under a
-:class:`~uniovseg.data.samplers.ResumableBatchSampler`, see :mod:`uniovseg.data.train_loader`)
-and each loss keeps its own batch size; alternating iterations would instead make the
-learning-rate schedule and the logged losses alternate between two objectives.
+iteration, each loader keeps its own infinite, rank-sharded, resumable stream (an index stream,
+:class:`~uniovseg.data.samplers.ResumableTrainingSampler` under a
+:class:`~uniovseg.data.samplers.ResumableBatchSampler`, see :mod:`uniovseg.data.train_loader`;
+or, for datasets in tar shards, a shard stream whose positions the checkpoint keeps, see
+:mod:`uniovseg.data.stream_loader`) and each loss keeps its own batch size; alternating
+iterations would instead make the learning-rate schedule and the logged losses alternate between
+two objectives.
 """
 
 from __future__ import annotations
@@ -29,16 +31,25 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.engine.hooks import PeriodicWriter
+from detectron2.engine.hooks import EvalHook, PeriodicCheckpointer, PeriodicWriter
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from uniovseg.checkpoint import UniOVSegCheckpointer
+from uniovseg.data.datasets.shards import (
+    SAMPLE_DECODERS,
+    is_shard_dataset,
+    shard_dataset_files,
+    shard_list_fingerprint,
+)
+from uniovseg.data.stream_loader import build_stream_train_loader
 from uniovseg.data.test_image_mapper import TestImageMapper
 from uniovseg.data.train_loader import EntitySourceLog, build_resumable_train_loader
 from uniovseg.engine.alignment_monitor import AlignmentMonitor
+from uniovseg.engine.ddp import ddp_options
 from uniovseg.engine.optimizer import build_optimizer
+from uniovseg.engine.stream_checkpoint import StreamCheckpointHook
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +85,9 @@ class JointBatchLoader:
         self.resumable_samplers = [
             sampler for loader in loaders for sampler in getattr(loader, "resumable_samplers", [])
         ]
+        self.stream_loaders = [
+            stream for loader in loaders for stream in getattr(loader, "stream_loaders", [])
+        ]
 
     def __iter__(self):
         iterators = [iter(loader) for loader in self.loaders]
@@ -84,17 +98,62 @@ class JointBatchLoader:
             yield batch
 
 
-def _resumable_loader(cfg):
-    """The train loader over ``cfg.DATASETS.TRAIN``; ``--resume`` skips the batches already
-    trained on through its ``resumable_samplers`` (see :mod:`uniovseg.data.train_loader`)."""
+def _resumable_loader(cfg, *, name: str = "train"):
+    """The train loader over ``cfg.DATASETS.TRAIN``, resumable: a :class:`StreamLoader` for
+    shard datasets (its position goes into the checkpoint, see
+    :mod:`uniovseg.engine.stream_checkpoint`), else a map-style loader whose
+    ``resumable_samplers`` skip the batches already trained on (see
+    :mod:`uniovseg.data.train_loader`). ``name`` names a stream's state in the checkpoint."""
+    # A fixed seed (SEED when set, else 0) so that a resumed run replays the same stream.
+    seed = cfg.SEED if cfg.SEED >= 0 else 0
+    names = list(cfg.DATASETS.TRAIN)
+    streamed = [is_shard_dataset(n) for n in names]
+    if any(streamed):
+        if not all(streamed):
+            raise ValueError(
+                f"DATASETS.TRAIN {names} mixes shard datasets with folder/manifest datasets; "
+                "train on one kind at a time (write the others as shards with "
+                "tools/write_shards.py)"
+            )
+        return _stream_loader(cfg, names, seed=seed, name=name)
     return build_resumable_train_loader(
         get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False),
         build_train_mapper(cfg),
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        # A fixed seed (SEED when set, else 0) so that a resumed run replays the same stream.
-        seed=cfg.SEED if cfg.SEED >= 0 else 0,
+        seed=seed,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def _stream_loader(cfg, names: list[str], *, seed: int, name: str):
+    """A :class:`StreamLoader` over the shards of the shard datasets ``names`` (one format)."""
+    shards, shard_format = shard_dataset_files(names)
+    # The shard formats are named after the mappers that read them.
+    if shard_format != cfg.INPUT.DATASET_MAPPER_NAME:
+        raise ValueError(
+            f"DATASETS.TRAIN {names} are {shard_format!r} shards but INPUT.DATASET_MAPPER_NAME "
+            f"is {cfg.INPUT.DATASET_MAPPER_NAME!r}; use the {shard_format!r} mapper for them"
+        )
+    world_size = comm.get_world_size()
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total <= 0 or total % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total} must be a positive multiple of the number of "
+            f"processes ({world_size})"
+        )
+    return build_stream_train_loader(
+        shards,
+        decode=SAMPLE_DECODERS[shard_format],
+        mapper=build_train_mapper(cfg),
+        batch_size=total // world_size,
+        seed=seed,
+        buffer_size=cfg.DATALOADER.UNIOVSEG.SHUFFLE_BUFFER,
+        rank=comm.get_rank(),
+        world_size=world_size,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        name=name,
+        fingerprint=shard_list_fingerprint(shards),
     )
 
 
@@ -124,7 +183,7 @@ def build_train_loader(cfg):
     mask_cfg.SOLVER.IMS_PER_BATCH = alignment.MASK_IMS_PER_BATCH or cfg.SOLVER.IMS_PER_BATCH
     mask_cfg.INPUT.DATASET_MAPPER_NAME = "sa1b"
     mask_cfg.freeze()
-    mask_loader = _resumable_loader(mask_cfg)
+    mask_loader = _resumable_loader(mask_cfg, name="mask_train")
     return JointBatchLoader(loader, mask_loader)
 
 
@@ -217,10 +276,11 @@ class Trainer(DefaultTrainer):
 
     ``__init__`` follows DefaultTrainer's line by line except for the DDP wrapper and the AMP
     choice, for which DefaultTrainer has no hook: (1) it falls back from AMP to fp32 on machines
-    without CUDA (detectron2's AMPTrainer requires CUDA); (2) it lets DDP find unused parameters
-    when asked (``MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS``) and passes ``device_ids=None`` for
-    a CPU (gloo) model, which DDP refuses with detectron2's ``device_ids=[local_rank]``. Check it
-    against ``DefaultTrainer.__init__`` when detectron2 is upgraded.
+    without CUDA (detectron2's AMPTrainer requires CUDA); (2) it gives DDP the options of
+    :func:`uniovseg.engine.ddp.ddp_options`: unused-parameter search only for configs that need
+    it, gradients as bucket views, and ``device_ids=None`` for a CPU (gloo) model, which DDP
+    refuses with detectron2's ``device_ids=[local_rank]``. Check it against
+    ``DefaultTrainer.__init__`` when detectron2 is upgraded.
     """
 
     def __init__(self, cfg):  # noqa: D107 - documented on the class
@@ -231,14 +291,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        # On CPU (gloo), DDP must get device_ids=None; detectron2 would pass the local rank.
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        model = create_ddp_model(
-            model,
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.MODEL.UNIOVSEG.DDP_FIND_UNUSED_PARAMETERS,
-            **({"device_ids": None} if on_cpu else {}),
-        )
+        model = create_ddp_model(model, **ddp_options(cfg, model))
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not torch.cuda.is_available():
             warnings.warn(
@@ -255,16 +308,36 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """As DefaultTrainer's, then moves the data stream past what the resumed run consumed."""
+        """As DefaultTrainer's, then moves the data stream past what the resumed run consumed:
+        map-style loaders skip ``start_iter`` batches; shard streams got their positions from
+        the checkpoint while it loaded (:class:`StreamCheckpointHook`)."""
         super().resume_or_load(resume=resume)
         for sampler in getattr(self._trainer.data_loader, "resumable_samplers", []):
             sampler.skip_batches(self.start_iter)
 
     def build_hooks(self):
-        """detectron2's hooks, plus the stage-2 alignment monitor when
-        ``MODEL.UNIOVSEG.ALIGNMENT.MONITOR.DATASET`` names a dataset. It goes before the writers
-        (the last hooks), so that its scalars are written in the same iteration."""
+        """detectron2's hooks, plus :class:`StreamCheckpointHook` when the data comes from
+        shards (the stream positions for the checkpoint), and the stage-2 alignment monitor when
+        ``MODEL.UNIOVSEG.ALIGNMENT.MONITOR.DATASET`` names a dataset. The monitor goes before
+        the writers (the last hooks), so that its scalars are written in the same iteration."""
         hooks = super().build_hooks()
+        streams = getattr(self._trainer.data_loader, "stream_loaders", [])
+        if streams:
+            # Before the checkpointer (main process) and the evaluation (every rank), so that
+            # the positions it gathers on every rank are in the checkpoint of this iteration.
+            index = next(
+                (i for i, h in enumerate(hooks) if isinstance(h, (PeriodicCheckpointer, EvalHook))),
+                len(hooks),
+            )
+            log = self.cfg.DATALOADER.UNIOVSEG.SAMPLE_LOG
+            hooks.insert(
+                index,
+                StreamCheckpointHook(
+                    streams,
+                    checkpoint_period=self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                    sample_log_dir=os.path.join(self.cfg.OUTPUT_DIR, "sample_log") if log else None,
+                ),
+            )
         alignment = self.cfg.MODEL.UNIOVSEG.ALIGNMENT
         if alignment.ENABLED and alignment.MONITOR.DATASET:
             writer_index = next(

@@ -8,6 +8,10 @@ config keys, plus the check that a run's datasets exist before any model is buil
   (default ``$DETECTRON2_DATASETS/captions/captions_entities.jsonl``, as written by
   ``tools/extract_entities.py``; see :mod:`.captions` for its format).
 
+Either can be streamed from tar shards instead (``DATASETS.UNIOVSEG.SA1B_SHARDS``,
+``CAPTION_SHARDS``; see :mod:`.shards`): SA-1B's official tars or img2dataset's WebDataset
+shards, read without extracting a file, with memory per process independent of their size.
+
 Importing :mod:`uniovseg.data.datasets` registers both with the defaults; the training entry point
 registers them again from its config (:func:`register_training_datasets_from_config`). Neither
 reads a file: :func:`check_datasets` does, cheaply (a folder, a file, an index's first line), so
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -27,6 +31,7 @@ from .benchmarks import default_datasets_root
 from .captions import load_caption_manifest
 from .promptable import check_promptable_files
 from .sa1b import DEFAULT_INDEX_NAME, check_sa1b_index, load_sa1b_dicts
+from .shards import is_shard_dataset, register_shard_dataset, shard_dataset_files
 
 __all__ = [
     "CAPTIONS_TRAIN",
@@ -62,6 +67,9 @@ def register_training_datasets(
     sa1b_seed: int = 0,
     caption_manifest: str = "",
     caption_image_root: str = "",
+    caption_check_files: bool = True,
+    sa1b_shards: Sequence[str] = (),
+    caption_shards: Sequence[str] = (),
 ) -> list[str]:
     """Registers ``sa1b_train`` and ``captions_train``, replacing earlier registrations; reads no
     file. Empty strings take the defaults of the ``DATASETS.UNIOVSEG`` keys.
@@ -74,6 +82,11 @@ def register_training_datasets(
         sa1b_seed: Seed of that subset.
         caption_manifest: JSON-lines caption manifest ("" = :func:`default_caption_manifest`).
         caption_image_root: Folder of its relative image paths ("" = the manifest's folder).
+        caption_check_files: Skip manifest rows whose image does not exist (a stat per row).
+        sa1b_shards: Tar shard specs of SA-1B (:mod:`.shards`); when given, ``sa1b_train``
+            streams them (``sa1b_fraction`` of the shards) instead of the folder.
+        caption_shards: WebDataset caption shard specs; when given, ``captions_train`` streams
+            them instead of the manifest.
 
     Returns:
         The registered names.
@@ -83,6 +96,22 @@ def register_training_datasets(
     """
     if not 0.0 < sa1b_fraction <= 1.0:
         raise ValueError(f"DATASETS.UNIOVSEG.SA1B_FRACTION must be in (0, 1], got {sa1b_fraction}")
+    if sa1b_shards:
+        register_shard_dataset(
+            SA1B_TRAIN, list(sa1b_shards), "sa1b", fraction=sa1b_fraction, seed=sa1b_seed
+        )
+    else:
+        _register_sa1b_folder(sa1b_root, sa1b_index_file, sa1b_fraction, sa1b_seed)
+    if caption_shards:
+        register_shard_dataset(CAPTIONS_TRAIN, list(caption_shards), "caption")
+    else:
+        _register_caption_manifest(caption_manifest, caption_image_root, caption_check_files)
+    return [SA1B_TRAIN, CAPTIONS_TRAIN]
+
+
+def _register_sa1b_folder(
+    sa1b_root: str, sa1b_index_file: str, sa1b_fraction: float, sa1b_seed: int
+) -> None:
     root = os.path.expanduser(sa1b_root) if sa1b_root else default_sa1b_root()
     index_file = (
         os.path.expanduser(sa1b_index_file)
@@ -102,19 +131,25 @@ def register_training_datasets(
             "evaluator_type": "sa1b",
         },
     )
+
+
+def _register_caption_manifest(
+    caption_manifest: str, caption_image_root: str, check_files: bool
+) -> None:
     manifest = os.path.expanduser(caption_manifest) if caption_manifest else None
     manifest = manifest or default_caption_manifest()
     image_root = os.path.expanduser(caption_image_root) if caption_image_root else None
     register_dataset(
         CAPTIONS_TRAIN,
-        functools.partial(load_caption_manifest, manifest, image_root=image_root),
+        functools.partial(
+            load_caption_manifest, manifest, image_root=image_root, check_files=check_files
+        ),
         {
             "manifest": manifest,
             "image_root": image_root if image_root is not None else os.path.dirname(manifest),
             "dataset_type": "caption",
         },
     )
-    return [SA1B_TRAIN, CAPTIONS_TRAIN]
 
 
 def resolve_dataset_paths(cfg) -> None:
@@ -138,6 +173,9 @@ def register_training_datasets_from_config(cfg) -> list[str]:
         sa1b_seed=d.SA1B_SEED,
         caption_manifest=d.CAPTION_MANIFEST,
         caption_image_root=d.CAPTION_IMAGE_ROOT,
+        caption_check_files=d.CAPTION_CHECK_FILES,
+        sa1b_shards=d.SA1B_SHARDS,
+        caption_shards=d.CAPTION_SHARDS,
     )
 
 
@@ -180,7 +218,14 @@ def check_datasets(names: Iterable[str], *, what: str = "DATASETS.TRAIN") -> Non
                 f"keys for {SA1B_TRAIN!r} and {CAPTIONS_TRAIN!r}"
             )
         metadata = MetadataCatalog.get(name)
-        if name == SA1B_TRAIN:
+        if is_shard_dataset(name):
+            try:
+                shard_dataset_files([name])
+            except ValueError as e:
+                key = {SA1B_TRAIN: "SA1B_SHARDS", CAPTIONS_TRAIN: "CAPTION_SHARDS"}.get(name)
+                hint = f" (config key DATASETS.UNIOVSEG.{key})" if key else ""
+                raise ValueError(f"{e}{hint}") from None
+        elif name == SA1B_TRAIN:
             try:
                 check_sa1b_index(metadata.image_root, metadata.index_file)
             except ValueError as e:
