@@ -512,7 +512,7 @@ def main() -> None:
     print("\n" + table + "\n")
     print(quickstart.alignment_verdict() + "\n")
     print(
-        f"[quickstart] finished in {quickstart.elapsed() / 60:.1f} min. Outputs in {args.output}:"
+        f"[quickstart] finished in {quickstart.elapsed() / 60:.1f} min. Outputs in {quickstart.output}:"
     )
     print("  results.md (this table), results.json (its numbers and each step's seconds),")
     print("  demo/ (pictures), stage1/ and stage2/ (checkpoints, logs),")
