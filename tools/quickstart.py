@@ -511,9 +511,8 @@ def main() -> None:
         json.dump(quickstart.results(), handle, indent=2)
     print("\n" + table + "\n")
     print(quickstart.alignment_verdict() + "\n")
-    print(
-        f"[quickstart] finished in {quickstart.elapsed() / 60:.1f} min. Outputs in {quickstart.output}:"
-    )
+    minutes = quickstart.elapsed() / 60
+    print(f"[quickstart] finished in {minutes:.1f} min. Outputs in {quickstart.output}:")
     print("  results.md (this table), results.json (its numbers and each step's seconds),")
     print("  demo/ (pictures), stage1/ and stage2/ (checkpoints, logs),")
     print(

@@ -15,10 +15,10 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
-__all__ = ["atomic_folder", "atomic_write"]
+__all__ = ["atomic_folder", "atomic_write", "check_replaceable_folder"]
 
 
 def _default_temporary(path: str) -> str:
@@ -133,3 +133,22 @@ def atomic_folder(path: str, *, durable: bool = False) -> Iterator[str]:
     shutil.rmtree(previous, ignore_errors=True)
     if durable:
         _fsync_folder(parent)
+
+
+def check_replaceable_folder(path: str, *, known_files: Iterable[str], kind: str) -> None:
+    """Refuses to let :func:`atomic_folder` replace ``path`` unless it is missing, empty or an
+    earlier output of the same ``kind`` (only ``known_files`` in it): replacing a folder of
+    other files would delete them.
+
+    Raises:
+        FileExistsError: ``path`` holds other files, or exists and is not a folder.
+    """
+    if os.path.isdir(path):
+        others = sorted(set(os.listdir(path)) - set(known_files))
+        if others:
+            raise FileExistsError(
+                f"{path!r} holds files that are not {kind}'s ({', '.join(others[:5])}); write "
+                f"to a new or empty folder (an earlier {kind} is replaced)"
+            )
+    elif os.path.lexists(path):
+        raise FileExistsError(f"{path!r} exists and is not a folder")

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import yaml
 
-from uniovseg.atomic_files import atomic_folder
+from uniovseg.atomic_files import atomic_folder, check_replaceable_folder
 from uniovseg.checkpoint import WeightMismatchError, read_checkpoint_shapes
 
 __all__ = [
@@ -159,7 +159,7 @@ def save_state_dict_bundle(
             OPEN_CLIP_CONFIG_FILE: f"the open_clip model config of the CLIP (`{clip_name}`)",
         },
     )
-    _check_replaceable(directory)
+    check_replaceable_folder(directory, known_files=BUNDLE_FILES, kind="a bundle")
     with atomic_folder(directory, durable=True) as folder:
         _write_text(os.path.join(folder, CONFIG_FILE), _bundle_config(cfg).dump())
         write_weights(os.path.join(folder, WEIGHTS_FILE), state_dict)
@@ -240,19 +240,6 @@ def _check_layout(state_dict: Mapping[str, torch.Tensor], cfg) -> None:
             f"The weights do not fit the model that the config describes: {problem}. Pass the "
             "config the model was built with."
         )
-
-
-def _check_replaceable(directory: str) -> None:
-    """Only a new or empty folder, or an earlier bundle, may become a bundle."""
-    if os.path.isdir(directory):
-        others = sorted(set(os.listdir(directory)) - set(BUNDLE_FILES))
-        if others:
-            raise FileExistsError(
-                f"{directory!r} holds files that are not a bundle's ({', '.join(others[:5])}); "
-                "write the bundle to a new or empty folder (an earlier bundle is replaced)"
-            )
-    elif os.path.lexists(directory):
-        raise FileExistsError(f"{directory!r} exists and is not a folder")
 
 
 def _write_text(path: str, text: str) -> None:

@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 import torch
 
-from uniovseg.atomic_files import atomic_folder
+from uniovseg.atomic_files import atomic_folder, check_replaceable_folder
 from uniovseg.inference.onnx_graphs import (
     PROMPT_INPUT_NAMES,
     PROMPT_WIDTHS,
@@ -109,7 +109,7 @@ def export_onnx(model, output_dir: str, *, opset: int = DEFAULT_OPSET, source: s
     if not hasattr(model, "decode_prompts") or not hasattr(model, "sem_seg_head"):
         raise ValueError(f"export_onnx takes a UniOVSeg model, got {type(model).__name__}")
     onnx = require_onnx()
-    _check_replaceable(output_dir)
+    check_replaceable_folder(output_dir, known_files=EXPORT_FILES, kind="an ONNX export")
     model.eval()
     size = model.test_input_size
     # A smooth gradient: any image traces the same graph (no control flow depends on values).
@@ -218,19 +218,6 @@ def require_onnx():
 
 
 # ---------------------------------------------------------------------- internals
-def _check_replaceable(directory: str) -> None:
-    """Refuses an output folder that holds anything but an earlier export's files."""
-    if os.path.isdir(directory):
-        others = sorted(set(os.listdir(directory)) - set(EXPORT_FILES))
-        if others:
-            raise FileExistsError(
-                f"{directory!r} holds files that are not an ONNX export's ({', '.join(others[:5])}"
-                "); export to a new or empty folder (an earlier export is replaced)"
-            )
-    elif os.path.lexists(directory):
-        raise FileExistsError(f"{directory!r} exists and is not a folder")
-
-
 def _example_prompts(prompt_type: str, size: int) -> torch.Tensor:
     """[_EXAMPLE_PROMPTS, 2 | 4] prompts spread over an S x S frame (padded-frame pixels)."""
     centres = torch.linspace(0.2, 0.8, _EXAMPLE_PROMPTS) * size
