@@ -249,18 +249,9 @@ def process_image(
 
     predictor.set_image(loaded.image)
     upscaler = OutputUpscaler.from_predictor(predictor, loaded.original_size)
-    info = {
-        "file_name": loaded.path,
-        "task": args.task,
-        "height": loaded.original_size[0],
-        "width": loaded.original_size[1],
-        "processed_height": loaded.size[0],
-        "processed_width": loaded.size[1],
-        "scale": loaded.scale,
-        "notes": loaded.notes,
-    }
-    if predictor.class_names:
-        info["class_names"] = predictor.class_names
+    info = output_files.image_info(
+        loaded, file_name=loaded.path, task=args.task, class_names=predictor.class_names
+    )
     if args.task == "prompted":
         overlay = _prompted(predictor, loaded, args, plan, info, upscaler)
     elif args.task == "concepts":

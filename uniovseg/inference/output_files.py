@@ -45,6 +45,7 @@ __all__ = [
     "SUMMARY_FILE",
     "check_output_dir",
     "concept_records",
+    "image_info",
     "label_map_ignore_value",
     "output_names",
     "panoptic_to_semantic",
@@ -294,6 +295,25 @@ def concept_records(
             }
         )
     return records
+
+
+def image_info(loaded, *, file_name: str, task: str, class_names: Sequence[str] | None) -> dict:
+    """The header of an image's JSON: its name, the task, its original and processed sizes,
+    the scale between them and the reader's notes (a
+    :class:`~uniovseg.inference.image_io.LoadedImage`), and ``class_names`` when given."""
+    info = {
+        "file_name": file_name,
+        "task": task,
+        "height": loaded.original_size[0],
+        "width": loaded.original_size[1],
+        "processed_height": loaded.size[0],
+        "processed_width": loaded.size[1],
+        "scale": loaded.scale,
+        "notes": loaded.notes,
+    }
+    if class_names:
+        info["class_names"] = list(class_names)
+    return info
 
 
 def write_json(path: str, data: dict) -> None:

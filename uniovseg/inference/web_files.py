@@ -20,21 +20,10 @@ __all__ = ["result_info", "write_result_json", "write_vocabulary_files"]
 def result_info(
     loaded: LoadedImage, file_name: str, task: str, vocabulary: Sequence[str] | None
 ) -> dict:
-    """The demo's per-image JSON header (``demo_cli.process_image``), with ``class_names``
-    when there is a vocabulary."""
-    info = {
-        "file_name": file_name,
-        "task": task,
-        "height": loaded.original_size[0],
-        "width": loaded.original_size[1],
-        "processed_height": loaded.size[0],
-        "processed_width": loaded.size[1],
-        "scale": loaded.scale,
-        "notes": loaded.notes,
-    }
-    if vocabulary is not None:
-        info["class_names"] = class_display_names(vocabulary)
-    return info
+    """The demo's per-image JSON header (:func:`output_files.image_info`), with
+    ``class_names`` when there is a vocabulary."""
+    names = class_display_names(vocabulary) if vocabulary is not None else None
+    return output_files.image_info(loaded, file_name=file_name, task=task, class_names=names)
 
 
 def write_result_json(prefix: str, section: str, info: dict) -> str:
