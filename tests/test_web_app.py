@@ -378,6 +378,22 @@ def test_app_command_needs_a_model_and_accepts_host_and_port():
             parser.parse_args(bad)
 
 
+def test_app_command_serves_locally_with_an_upload_limit(monkeypatch):
+    """main() builds the model and launches the page on the given address, with no share link
+    and the server-side upload limit (Gradio refuses larger files before reading them)."""
+    gradio = pytest.importorskip("gradio")
+    from uniovseg.inference import web_app
+
+    launched = {}
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    argv = ["--config-file", TINY_STAGE2, "--device", "cpu", "--port", "8123"]
+    assert web_app.main(argv) == 0
+    assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 8123
+    assert launched["share"] is False and launched["max_file_size"] == "50mb"
+    assert web_app.main([*argv, "--max-file-size", "2gb"]) == 0
+    assert launched["max_file_size"] == "2gb"
+
+
 # ----------------------------------------------------------------------------- browser
 def _browser_or_skip() -> str:
     """The Chromium executable; skips (fails under UNIOVSEG_REQUIRE_BROWSER=1) without one."""

@@ -307,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sessions", type=int, default=8, help="photos kept encoded at once (default 8)"
     )
     parser.add_argument(
+        "--max-file-size",
+        default="50mb",
+        help="largest upload the server accepts, e.g. 50mb or 1gb (default 50mb: a 100 MP JPEG)",
+    )
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
     )
     return parser
@@ -336,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot build the model: {e}")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # also for any Blocks made elsewhere
     app = build_web_app(predictor, max_side=args.max_side, max_sessions=args.max_sessions)
-    app.queue().launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False)
+    app.queue().launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        ssr_mode=False,
+        max_file_size=args.max_file_size,  # refused by the server before any decoding
+    )
     return 0
 
 
