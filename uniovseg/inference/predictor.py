@@ -853,9 +853,6 @@ class UniOVSegPredictor:
         if state.region_cache is not None and state.region_cache[0] is result:
             return state.region_cache[1]
         with self.model.inference_precision():
-            # The masks' probabilities over the padded frame, as UniOVSeg.classify_masks.
-            embeds = self.model.region_embeddings(
-                state.encoding, result.mask_logits_lowres.float().sigmoid()
-            )
+            embeds = self.model.mask_logit_embeddings(state.encoding, result.mask_logits_lowres)
         state.region_cache = (result, embeds)
         return embeds

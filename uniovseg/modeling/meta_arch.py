@@ -539,6 +539,13 @@ class UniOVSeg(nn.Module):
             )[0]
 
     @torch.no_grad()
+    def mask_logit_embeddings(
+        self, encoding: ImageEncoding, mask_logits_lowres: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`region_embeddings` [K, D] of masks given as logits [K, h, w] over the padded
+        frame (their probabilities pool the CLIP features)."""
+        return self.region_embeddings(encoding, mask_logits_lowres.float().sigmoid())
+
     def classify_masks(
         self, encoding: ImageEncoding, mask_logits_lowres: torch.Tensor
     ) -> RegionClassification:
@@ -551,7 +558,7 @@ class UniOVSeg(nn.Module):
         Returns:
             A :class:`~uniovseg.modeling.text_classifier.RegionClassification` ([K, C], float32).
         """
-        region_embeds = self.region_embeddings(encoding, mask_logits_lowres.float().sigmoid())
+        region_embeds = self.mask_logit_embeddings(encoding, mask_logits_lowres)
         # Classification in float32 whatever the inference precision: class scores are
         # compared across thousands of pixels and masks.
         with torch.autocast(device_type=self.device.type, enabled=False):
