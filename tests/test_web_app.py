@@ -394,6 +394,36 @@ def test_app_command_serves_locally_with_an_upload_limit(monkeypatch):
     assert launched["max_file_size"] == "2gb"
 
 
+def test_a_launch_whose_localhost_check_times_out_is_retried(monkeypatch):
+    """Gradio refuses to run when its one 3 s localhost request times out (a busy machine);
+    the launch is retried, and any other error, or the last failure, is raised."""
+    gradio = pytest.importorskip("gradio")
+    from uniovseg.inference.web_app import launch_locally
+
+    calls, closed = [], []
+    refusal = ValueError("When localhost is not accessible, a shareable link must be created.")
+    outcomes = [refusal, None]
+
+    def launch(self, **kwargs):
+        calls.append(kwargs)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(gradio.Blocks, "launch", launch)
+    monkeypatch.setattr(gradio.Blocks, "close", lambda self: closed.append(True))
+    app = gradio.Blocks(analytics_enabled=False)
+    launch_locally(app, server_port=8124)
+    assert len(calls) == 2 and len(closed) == 1
+    assert calls[1] == {"share": False, "ssr_mode": False, "server_port": 8124}
+    outcomes[:] = [refusal, refusal]
+    with pytest.raises(ValueError, match="localhost"):
+        launch_locally(app, attempts=2)
+    outcomes[:] = [ValueError("port in use")]
+    with pytest.raises(ValueError, match="port in use"):
+        launch_locally(app)
+
+
 # ----------------------------------------------------------------------------- browser
 def _browser_or_skip() -> str:
     """The Chromium executable; skips (fails under UNIOVSEG_REQUIRE_BROWSER=1) without one."""
@@ -466,7 +496,7 @@ def test_in_a_headless_browser_a_user_uploads_clicks_types_a_vocabulary_and_down
     chromium = _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
-    from uniovseg.inference.web_app import build_web_app
+    from uniovseg.inference.web_app import build_web_app, launch_locally
 
     shots = Path(os.environ.get("UNIOVSEG_WEB_SCREENSHOT") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -477,11 +507,10 @@ def test_in_a_headless_browser_a_user_uploads_clicks_types_a_vocabulary_and_down
     requests = []
     with _no_outside_connections(monkeypatch) as outside:
         app = build_web_app(predictor)
-        app.queue().launch(
+        launch_locally(
+            app,
             server_name="127.0.0.1",
             server_port=port,
-            share=False,
-            ssr_mode=False,
             prevent_thread_lock=True,  # serves from a background thread
             quiet=True,
         )

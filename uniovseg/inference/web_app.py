@@ -25,7 +25,9 @@ import gradio as gr
 from uniovseg.inference.web_session_store import WebSessionStore
 from uniovseg.inference.web_views import FOREGROUND, PROMPT_MODES, LegendRow, PromptView
 
-__all__ = ["WebAppCallbacks", "build_web_app", "legend_html", "main"]
+__all__ = ["WebAppCallbacks", "build_web_app", "launch_locally", "legend_html", "main"]
+
+logger = logging.getLogger(__name__)
 
 _INTRO = """\
 # Uni-OVSeg
@@ -317,6 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launch_locally(app, *, attempts: int = 3, **launch_options) -> None:
+    """``app.queue().launch(share=False, ssr_mode=False, **launch_options)``, retried.
+
+    After starting its server Gradio checks that it answers on localhost, with one 3 s
+    request; on a busy machine that request can time out, and Gradio then refuses to run
+    without a share link ("When localhost is not accessible..."). The server itself is fine,
+    so the launch is retried (``attempts`` times in all) rather than failing the command.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            app.queue().launch(share=False, ssr_mode=False, **launch_options)
+            return
+        except ValueError as e:
+            if "localhost is not accessible" not in str(e) or attempt == attempts:
+                raise
+            logger.warning("Gradio's localhost check timed out (attempt %d); retrying", attempt)
+            app.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Builds the predictor and serves the page until interrupted; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -341,11 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot build the model: {e}")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # also for any Blocks made elsewhere
     app = build_web_app(predictor, max_side=args.max_side, max_sessions=args.max_sessions)
-    app.queue().launch(
+    launch_locally(
+        app,
         server_name=args.host,
         server_port=args.port,
-        share=False,
-        ssr_mode=False,
         max_file_size=args.max_file_size,  # refused by the server before any decoding
     )
     return 0
